@@ -1,0 +1,305 @@
+"""The pool's bookkeeping: queue, worker slots, counts, records and rounds.
+
+Plain synchronous code with no event loop, no clock and no I/O: the pool calls it and
+acts on what it returns (handing tasks to workers, running hooks). That keeps every
+rule testable without a single worker, and lets the pool re-run it after any failure
+or cancellation to put the books right.
+
+Invariant, after every call: ``total == queued + active + completed``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._types import TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from ._task import Task
+    from ._workers._base import Worker
+
+__all__ = ["FIELDS", "Scheduler", "Slot"]
+
+FIELDS = (
+    "queued",
+    "active",
+    "completed",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "remaining",
+    "started",
+    "total",
+)
+
+_QUEUED = TaskState.QUEUED
+_RUNNING = TaskState.RUNNING
+_SUCCEEDED = TaskState.SUCCEEDED
+_FAILED = TaskState.FAILED
+
+
+class Slot:
+    """One place for a worker in the pool: keeps its id across restarts.
+
+    ``inflight`` holds the tasks handed to the current worker and not yet reported
+    back, started or not; ``window`` bounds it.
+    """
+
+    __slots__ = (
+        "accepting",
+        "dead",
+        "id",
+        "inflight",
+        "restarts",
+        "state",
+        "tasks_done",
+        "window",
+        "worker",
+        "worker_tasks",
+    )
+
+    def __init__(self, slot_id: int, window: int) -> None:
+        self.id = slot_id
+        self.window = window
+        self.worker: Worker | None = None
+        self.inflight: list[Task[Any]] = []
+        self.accepting = False
+        self.dead = False  # restart limit spent
+        self.state = "starting"
+        self.restarts = 0
+        self.tasks_done = 0  # over the slot's life
+        self.worker_tasks = 0  # by the current worker (for recycling)
+
+    def current(self) -> Task[Any] | None:
+        """The task the worker is running, if any."""
+        for t in self.inflight:
+            if t._state is _RUNNING:
+                return t
+        return None
+
+
+class Scheduler:
+    """Counts, queue and slots of one pool."""
+
+    def __init__(self, *, max_queue: int | None, keep_records: int) -> None:
+        self.max_queue = max_queue
+        self.queue: collections.deque[Task[Any]] = collections.deque()
+        self.slots: list[Slot] = []
+        self.free = 0  # sum over accepting slots of window - len(inflight)
+        self.n_total = 0
+        self.n_queued = 0
+        self.n_active = 0
+        self.n_started = 0
+        self.n_succeeded = 0
+        self.n_failed = 0
+        self.n_cancelled = 0
+        self.records: collections.deque[TaskRecord] = collections.deque(maxlen=keep_records)
+        self.keep_records = keep_records
+        self.round_no = 0
+        self.round_open = False
+        self.round_tasks: list[Task[Any]] = []
+        self.race_done = False
+
+    # --- counts --------------------------------------------------------------------------
+
+    @property
+    def n_completed(self) -> int:
+        return self.n_succeeded + self.n_failed + self.n_cancelled
+
+    def count(self, field: str) -> int:
+        """The cumulative count of ``field`` (one of :data:`FIELDS`), in O(1)."""
+        if field == "queued":
+            return self.n_queued
+        if field == "active":
+            return self.n_active
+        if field == "completed":
+            return self.n_completed
+        if field == "succeeded":
+            return self.n_succeeded
+        if field == "failed":
+            return self.n_failed
+        if field == "cancelled":
+            return self.n_cancelled
+        if field == "remaining":
+            return self.n_queued + self.n_active
+        if field == "started":
+            return self.n_started
+        if field == "total":
+            return self.n_total
+        raise ValueError(f"unknown status field {field!r}; accepted: {', '.join(FIELDS)} or '*'")
+
+    @property
+    def drained(self) -> bool:
+        """Nothing queued and nothing running."""
+        return self.n_queued == 0 and self.n_active == 0
+
+    # --- slots ---------------------------------------------------------------------------
+
+    def add_slot(self, slot: Slot) -> None:
+        self.slots.append(slot)
+
+    def open_slot(self, slot: Slot) -> None:
+        """The slot's worker is ready for work."""
+        if not slot.accepting:
+            slot.accepting = True
+            slot.state = "idle"
+            self.free += slot.window - len(slot.inflight)
+
+    def close_slot(self, slot: Slot) -> None:
+        """Send no more work to the slot's current worker."""
+        if slot.accepting:
+            slot.accepting = False
+            self.free -= slot.window - len(slot.inflight)
+
+    def release(self, slot: Slot, task: Task[Any]) -> None:
+        """The slot's worker is done with ``task`` (reported back or never to be)."""
+        try:
+            slot.inflight.remove(task)
+        except ValueError:
+            return
+        task.wslot = None
+        if slot.accepting:
+            self.free += 1
+        if not slot.inflight:
+            slot.state = "idle" if slot.accepting else slot.state
+
+    def take_back(self, slot: Slot) -> list[Task[Any]]:
+        """Empty the slot (its worker is gone): return its tasks, requeue the unstarted.
+
+        Returns the tasks that were running, for the caller to fail.
+        """
+        self.close_slot(slot)
+        running: list[Task[Any]] = []
+        unstarted: list[Task[Any]] = []
+        for t in slot.inflight:
+            t.wslot = None
+            if t._state is _RUNNING:
+                running.append(t)
+            elif t._state is _QUEUED:
+                unstarted.append(t)
+        slot.inflight = []
+        # Requeue in their original order, ahead of everything queued after them.
+        self.queue.extendleft(reversed(unstarted))
+        return running
+
+    def requeue(self, task: Task[Any]) -> None:
+        """Put a task handed back unstarted at the head of the queue."""
+        if task._state is _QUEUED:
+            self.queue.appendleft(task)
+
+    def assignments(self) -> Iterator[tuple[Slot, Task[Any]]]:
+        """Yield (slot, task) pairs, handing queued tasks to slots with room.
+
+        A slot with nothing in flight is preferred to one that would queue the task
+        behind another, so work spreads over idle workers before any prefetching.
+        """
+        queue = self.queue
+        while self.free > 0 and queue:
+            best: Slot | None = None
+            for s in self.slots:
+                if s.accepting and len(s.inflight) < s.window:
+                    if best is None or len(s.inflight) < len(best.inflight):
+                        best = s
+                        if not s.inflight:
+                            break
+            if best is None:  # free count out of date: recompute, never spin
+                self.free = sum(s.window - len(s.inflight) for s in self.slots if s.accepting)
+                return
+            task = queue.popleft()
+            if task._state is not _QUEUED or task.wslot is not None:
+                continue  # cancelled while queued (lazy removal)
+            best.inflight.append(task)
+            best.state = "busy"
+            task.wslot = best
+            self.free -= 1
+            yield best, task
+
+    def steal_candidates(self) -> Iterator[tuple[Slot, Task[Any], Slot]]:
+        """(from_slot, task, to_slot) moves that would start prefetched tasks sooner.
+
+        Only when nothing is queued: an idle slot takes the last unstarted task of a busy
+        one, so a long task never holds a prefetched one while a worker sits idle.
+        """
+        if self.queue:
+            return
+        idle = [s for s in self.slots if s.accepting and not s.inflight]
+        if not idle:
+            return
+        for s in self.slots:
+            if not idle:
+                return
+            if len(s.inflight) > 1 and s.inflight[-1]._state is _QUEUED:
+                yield s, s.inflight[-1], idle.pop()
+
+    def move(self, task: Task[Any], src: Slot, dst: Slot) -> None:
+        """Record that ``task`` was taken back from ``src`` and handed to ``dst``."""
+        src.inflight.remove(task)
+        if src.accepting:
+            self.free += 1
+        dst.inflight.append(task)
+        dst.state = "busy"
+        task.wslot = dst
+        self.free -= 1
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def add(self, task: Task[Any]) -> bool:
+        """Queue a new task; True when it opened a new round."""
+        self.n_total += 1
+        self.n_queued += 1
+        self.queue.append(task)
+        if not self.round_open:
+            self.round_open = True
+            self.round_no += 1
+            self.round_tasks = []
+            self.race_done = False
+            return True
+        return False
+
+    def started(self, task: Task[Any], worker_id: int, now: float) -> None:
+        task._state = _RUNNING
+        task.started_at = now
+        task.worker_id = worker_id
+        self.n_queued -= 1
+        self.n_active += 1
+        self.n_started += 1
+
+    def settled(self, task: Task[Any], previous: TaskState) -> bool:
+        """Count a task that just reached its final state; True if first in its round."""
+        if previous is _RUNNING:
+            self.n_active -= 1
+        else:
+            self.n_queued -= 1
+        state = task._state
+        if state is _SUCCEEDED:
+            self.n_succeeded += 1
+        elif state is _FAILED:
+            self.n_failed += 1
+        else:
+            self.n_cancelled += 1
+        if self.keep_records:
+            self.records.append(task.record)
+        self.round_tasks.append(task)
+        if not self.race_done:
+            self.race_done = True
+            return True
+        return False
+
+    def close_round(self) -> list[Task[Any]] | None:
+        """If a round is open and the pool drained, end it and return its tasks in order."""
+        if self.round_open and self.drained:
+            self.round_open = False
+            tasks, self.round_tasks = self.round_tasks, []
+            return tasks
+        return None
+
+    # --- raw views -----------------------------------------------------------------------
+
+    def queued_tasks(self) -> list[Task[Any]]:
+        handed = [t for s in self.slots for t in s.inflight if t._state is _QUEUED]
+        return handed + [t for t in self.queue if t._state is _QUEUED and t.wslot is None]
+
+    def running_tasks(self) -> list[Task[Any]]:
+        return [t for s in self.slots for t in s.inflight if t._state is _RUNNING]

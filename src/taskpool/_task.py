@@ -1,0 +1,218 @@
+"""A unit of work added to a pool, and the handle its caller awaits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._errors import TaskCancelled
+from ._types import TaskRecord, TaskState
+
+if TYPE_CHECKING:
+    from ._pool import FunctionPool
+
+__all__ = ["Task"]
+
+T = TypeVar("T")
+
+_QUEUED = TaskState.QUEUED
+_RUNNING = TaskState.RUNNING
+_FINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+def describe_error(exc: BaseException | None) -> str | None:
+    """``"TypeName: message"`` for records and events."""
+    if exc is None:
+        return None
+    msg = str(exc)
+    name = getattr(exc, "type_name", None) or type(exc).__name__
+    return f"{name}: {msg}" if msg else name
+
+
+class Task(Generic[T]):
+    """A function call added to a pool: awaitable, cancellable, inspectable.
+
+    ``await task`` returns the function's result or raises its exception. Awaiting does
+    not own the task: cancelling the awaiting code leaves the task running (use
+    :meth:`cancel` to cancel it). A task is created by the pool, never directly.
+
+    Attributes:
+        id: unique within its pool, increasing in the order tasks were added.
+        meta: the ``meta`` given to ``add_task`` (anything; shown in records and events).
+        worker_id: the worker that ran (or runs) it, else ``None``.
+    """
+
+    # Slots only: a queued task must stay small (1M queued tasks are a benchmark).
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_exc",
+        "_pool",
+        "_result",
+        "_state",
+        "_timer",
+        "args",
+        "finished_at",
+        "fn",
+        "id",
+        "meta",
+        "queued_at",
+        "started_at",
+        "timeout",
+        "worker_id",
+        "wslot",
+    )
+
+    def __init__(
+        self,
+        pool: FunctionPool,
+        task_id: int,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        meta: Any,
+        timeout: float | None,
+        queued_at: float,
+    ) -> None:
+        self._pool = pool
+        self.id = task_id
+        self.fn = fn
+        self.args = args
+        self.meta = meta
+        self.timeout = timeout
+        self.queued_at = queued_at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.worker_id: int | None = None
+        self._state = _QUEUED
+        self._result: Any = None
+        self._exc: BaseException | None = None
+        # Done-callbacks and awaiters' futures; None until the first one (saves memory).
+        self._callbacks: list[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.wslot: Any = None  # the worker it was handed to (pool-internal)
+
+    # --- state -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        """The task's :class:`TaskState`."""
+        return self._state
+
+    def done(self) -> bool:
+        """True once the task succeeded, failed or was cancelled."""
+        return self._state in _FINAL
+
+    def cancelled(self) -> bool:
+        """True if the task was cancelled."""
+        return self._state is TaskState.CANCELLED
+
+    def result(self) -> T:
+        """The task's result.
+
+        Raises:
+            asyncio.InvalidStateError: the task has not settled yet.
+            BaseException: the task's exception if it failed or was cancelled
+                (``TaskCancelled``, ``TaskTimeout``, ``WorkerCrashed``, or what it raised).
+        """
+        if self._state not in _FINAL:
+            raise asyncio.InvalidStateError(f"task {self.id} has not settled yet ({self._state})")
+        if self._exc is not None:
+            raise self._exc
+        return self._result  # type: ignore[no-any-return]
+
+    def exception(self) -> BaseException | None:
+        """The task's exception (``TaskCancelled`` for a cancelled task), or ``None``.
+
+        Raises:
+            asyncio.InvalidStateError: the task has not settled yet.
+        """
+        if self._state not in _FINAL:
+            raise asyncio.InvalidStateError(f"task {self.id} has not settled yet ({self._state})")
+        return self._exc
+
+    def cancel(self) -> bool:
+        """Cancel the task. Returns False if it had already settled.
+
+        A queued task is removed; a running one is stopped in its worker (a worker whose
+        work cannot be interrupted, such as blocking code in a thread, is retired and
+        replaced). The task settles at once as ``CANCELLED`` and awaiting it raises
+        :class:`TaskCancelled`.
+        """
+        if self._state in _FINAL:
+            return False
+        return self._pool._cancel_task(self, TaskCancelled(f"task {self.id} was cancelled"))
+
+    @property
+    def record(self) -> TaskRecord:
+        """An immutable :class:`TaskRecord` of the task as it is now."""
+        return TaskRecord(
+            id=self.id,
+            meta=self.meta,
+            state=self._state,
+            worker_id=self.worker_id,
+            queued_at=self.queued_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error=describe_error(self._exc),
+        )
+
+    # --- callbacks and awaiting --------------------------------------------------------
+
+    def add_done_callback(self, cb: Callable[[Task[T]], Any]) -> None:
+        """Call ``cb(task)`` once the task settles, or soon if it already has.
+
+        A callback that raises is logged and published as ``pool.hook_error``; an async
+        callback's coroutine is run by the pool.
+
+        Raises:
+            TypeError: ``cb`` is not callable.
+        """
+        if not callable(cb):
+            raise TypeError(f"add_done_callback() needs a callable, got {type(cb).__name__}")
+        if self._state in _FINAL:
+            self._pool._run_callback("done_callback", cb, (self,), self)
+            return
+        if self._callbacks is None:
+            self._callbacks = [cb]
+        else:
+            self._callbacks.append(cb)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._state not in _FINAL:
+            # A future of this awaiter's own: cancelling the awaiter cancels only it.
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._callbacks is None:
+                self._callbacks = [fut]
+            else:
+                self._callbacks.append(fut)
+            try:
+                yield from fut.__await__()
+            finally:
+                if not fut.done() and self._callbacks is not None:
+                    # Cancelled awaiter: forget its future (the list is rebuilt at settle).
+                    try:
+                        self._callbacks.remove(fut)
+                    except ValueError:
+                        pass
+        return self.result()
+
+    def _settle(self, state: TaskState, result: Any, exc: BaseException | None, now: float) -> None:
+        """Record the final state (pool-internal; the pool runs callbacks after)."""
+        self._state = state
+        self._result = result
+        self._exc = exc
+        self.finished_at = now
+        self.fn = _settled_fn  # drop references to the callable and its arguments
+        self.args = ()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def __repr__(self) -> str:
+        meta = f" meta={self.meta!r}" if self.meta is not None else ""
+        return f"<Task {self.id} {self._state.value}{meta}>"
+
+
+def _settled_fn(*args: Any) -> None:  # placeholder keeping Task.fn's type non-optional
+    return None

@@ -1,0 +1,180 @@
+"""Records, snapshots and events: the data taskpool shows to the outside.
+
+All of them are :class:`msgspec.Struct` s, so ``msgspec.json.encode`` works on each, and a
+dashboard can decode any event with ``msgspec.json.decode(data, type=AnyEvent)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "AnyEvent",
+    "Event",
+    "HookErrorEvent",
+    "PoolEvent",
+    "PoolSnapshot",
+    "ServiceEvent",
+    "StatusType",
+    "TaskEvent",
+    "TaskRecord",
+    "TaskState",
+    "UserEvent",
+    "WorkerEvent",
+    "WorkerLogEvent",
+    "WorkerSnapshot",
+]
+
+
+class TaskState(str, enum.Enum):
+    """Where a task is in its life. The last three are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StatusType(str, enum.Enum):
+    """What :meth:`FunctionPool.status` returns for a field."""
+
+    COUNT = "count"  #: an ``int``
+    PERCENT = "percent"  #: a ``float`` in 0-100 of ``total``
+    RAW = "raw"  #: a ``list[TaskRecord]``
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An immutable picture of one task, for status(RAW), dashboards and logs.
+
+    Times are epoch seconds; ``error`` is ``"TypeName: message"`` for a task that failed
+    or was cancelled, else ``None``.
+    """
+
+    id: int
+    meta: Any
+    state: TaskState
+    worker_id: int | None
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+
+
+class WorkerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """One worker as a dashboard sees it."""
+
+    id: int
+    kind: str
+    pid: int | None
+    thread_name: str | None
+    state: str  # "starting" | "idle" | "busy" | "stopping" | "exited" | "restarting"
+    tasks_done: int
+    restarts: int
+    current_task: int | None
+    role: str = "pool"  # "pool" | "persistent" | "service"
+    name: str | None = None
+
+
+class PoolSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a dashboard shows about a pool, at one instant."""
+
+    name: str
+    kind: str
+    pool_size: int
+    state: str  # "new" | "running" | "closing" | "closed" | "broken"
+    time: float
+    counts: dict[str, int]
+    queue_depth: int
+    workers: list[WorkerSnapshot]
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every event on a pool's bus: a ``topic`` and a ``time`` (epoch seconds)."""
+
+    topic: str
+    time: float
+
+
+class TaskEvent(Event, frozen=True, kw_only=True, tag="task"):
+    """``task.queued`` / ``started`` / ``succeeded`` / ``failed`` / ``cancelled``."""
+
+    task_id: int
+    state: TaskState
+    meta: Any = None
+    worker_id: int | None = None
+    error: str | None = None
+
+
+class WorkerEvent(Event, frozen=True, kw_only=True, tag="worker"):
+    """``worker.started`` / ``exited`` / ``restarted`` / ``retired``."""
+
+    worker_id: int
+    worker_kind: str
+    pid: int | None = None
+    exitcode: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    attempt: int = 0
+    delay: float = 0.0
+    role: str = "pool"
+
+
+class WorkerLogEvent(Event, frozen=True, kw_only=True, tag="log"):
+    """``worker.log``: one line a worker wrote to its stdout or stderr."""
+
+    worker_id: int
+    stream: Literal["stdout", "stderr"]
+    line: str
+
+
+class PoolEvent(Event, frozen=True, kw_only=True, tag="pool"):
+    """``pool.drained`` (``settled`` = tasks settled in the round) and ``pool.closed``."""
+
+    pool: str
+    round: int = 0
+    settled: int = 0
+
+
+class HookErrorEvent(Event, frozen=True, kw_only=True, tag="hook_error"):
+    """``pool.hook_error``: a hook, done-callback or subscriber raised."""
+
+    hook: str
+    error: str
+    task_id: int | None = None
+
+
+class UserEvent(Event, frozen=True, kw_only=True, tag="user"):
+    """Any topic published with ``pool.events.publish`` or ``taskpool.publish``."""
+
+    data: Any = None
+    task_id: int | None = None
+    worker_id: int | None = None
+
+
+class ServiceEvent(Event, frozen=True, kw_only=True, tag="service"):
+    """``service.started`` / ``exited`` / ``restarted`` / ``stopped``."""
+
+    service: str
+    instance: int
+    worker_id: int | None = None
+    reason: str | None = None
+    attempt: int = 0
+    delay: float = 0.0
+
+
+AnyEvent: TypeAlias = (
+    TaskEvent | WorkerEvent | WorkerLogEvent | PoolEvent | HookErrorEvent | UserEvent | ServiceEvent
+)

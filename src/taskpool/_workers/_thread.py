@@ -1,0 +1,277 @@
+"""Thread workers: each worker is a thread running its own event loop.
+
+Nothing is serialised: the task's function and arguments are handed over as objects.
+Traffic in both directions is batched so a busy pool pays few cross-thread wake-ups::
+
+    pool loop                                   worker thread (own loop, uvloop if any)
+    ---------                                   -------------
+    send(task) -> inbox.append  --(wake only if the worker sleeps)-->  inbox.popleft()
+                                                                       run fn(*args)
+    _flush() <-(one call_soon_threadsafe per batch)--  outbox.append(("done", task, ...))
+
+A task's coroutine is awaited directly by the worker's serving coroutine; cancelling it
+cancels that coroutine and ``uncancel()`` s the server. A plain function runs on the
+worker thread and cannot be interrupted: cancelling or timing it out retires the
+worker (the thread ends when the call returns) and a fresh one takes its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._context import TaskContext, current
+from ._base import CancelResult, Worker, WorkerExit
+
+if TYPE_CHECKING:
+    from .._task import Task
+
+__all__ = ["ThreadWorker", "new_event_loop"]
+
+_STOP = object()
+_STARTED = 0
+_DONE = 1
+_PUBLISH = 2
+_RETURNED = 3
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when it is installed, else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class ThreadWorker(Worker):
+    """A worker thread with its own event loop."""
+
+    kind = "thread"
+    window = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._outbox: collections.deque[tuple[int, Any, Any, Any]] = collections.deque()
+        self._flush_pending = False
+        self._sleeping = False
+        self._wloop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._cancelling: Task[Any] | None = None
+        self._in_sync_call = False
+        self._thread: threading.Thread | None = None
+        self._ended: asyncio.Future[WorkerExit] | None = None
+        self._detached = False
+        self._name = f"taskpool-{self.spec.pool_name}-{self.id}"
+
+    @property
+    def thread_name(self) -> str | None:
+        return self._thread.name if self._thread is not None else self._name
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The worker's thread, once started."""
+        return self._thread
+
+    # --- pool side -----------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
+        loop = self.host.loop
+        ready: asyncio.Future[None] = loop.create_future()
+        self._ended = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), name=self._name, daemon=True
+        )
+        self._thread.start()
+        try:
+            await ready
+            on_ready()
+            return await self._ended
+        except BaseException:
+            # Cancelled (pool shutting down hard): ask the thread to end; never wait on it
+            # here, the pool joins its threads when it closes.
+            self.kill()
+            raise
+
+    def _post(self, code: int, task: Any, a: Any = None, b: Any = None) -> None:
+        """Worker thread -> pool loop, batched: one wake-up per burst of reports."""
+        self._outbox.append((code, task, a, b))
+        if not self._flush_pending:
+            self._flush_pending = True
+            try:
+                self.host.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the pool's loop is closed: nobody is listening
+                pass
+
+    def _flush(self) -> None:
+        # Clear the flag before draining, so a report appended during the drain either
+        # is drained now or schedules another flush: none is ever stranded.
+        self._flush_pending = False
+        if self._detached:
+            self._outbox.clear()
+            return
+        host = self.host
+        outbox = self._outbox
+        while outbox:
+            code, task, a, b = outbox.popleft()
+            if code == _DONE:
+                self.tasks_done += 1
+                host.task_finished(self, task, a, b)
+            elif code == _STARTED:
+                host.task_started(self, task)
+            elif code == _PUBLISH:
+                host.worker_publish(self, task, a, b)
+            else:
+                host.task_returned(self, task)
+        host.batch_done()
+
+    def _end(self, exit: WorkerExit) -> None:
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(exit)
+
+    def send(self, task: Task[Any]) -> None:
+        self._inbox.append(task)
+        if self._sleeping:
+            self._sleeping = False
+            self._poke()
+
+    def _poke(self) -> None:
+        wloop, wake = self._wloop, self._wake
+        if wloop is not None and wake is not None:
+            try:
+                wloop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # worker loop already closed
+                pass
+
+    def cancel(self, task: Task[Any]) -> CancelResult:
+        try:
+            self._inbox.remove(task)
+        except ValueError:
+            pass
+        else:
+            return CancelResult.REMOVED
+        if self._in_sync_call and self.current is task:
+            return CancelResult.UNSTOPPABLE
+        wloop = self._wloop
+        if wloop is not None:
+            try:
+                wloop.call_soon_threadsafe(self._cancel_in_worker, task)
+            except RuntimeError:
+                pass
+        return CancelResult.STOPPING
+
+    def reclaim(self, task: Task[Any]) -> bool:
+        try:
+            self._inbox.remove(task)
+        except ValueError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        self._inbox.append(_STOP)
+        self._sleeping = False
+        self._poke()
+
+    def kill(self) -> None:
+        # A thread cannot be killed: drop what it has not started, cancel what runs.
+        self._inbox.clear()
+        self._inbox.append(_STOP)
+        if self.current is not None:
+            self.cancel(self.current)
+        self._poke()
+
+    def abandon(self) -> None:
+        """Retire the worker: ``run`` returns now; the thread ends after its blocking call."""
+        self._detached = True
+        returned = [t for t in self._inbox if t is not _STOP]
+        self._inbox.clear()
+        self._inbox.append(_STOP)
+        for t in returned:
+            self.host.task_returned(self, t)
+        self._end(WorkerExit(failed=False, reason="retired"))
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def _main(self, ready: asyncio.Future[None]) -> None:
+        loop = new_event_loop()
+        self._wloop = loop
+        try:
+            loop.run_until_complete(self._serve(ready))
+            exit = WorkerExit(failed=False, reason="stopped")
+        except BaseException as exc:  # a bug of ours, or SystemExit from a task
+            exit = WorkerExit(failed=True, reason=f"thread died: {exc!r}")
+        finally:
+            self._wloop = None
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+        try:
+            self.host.loop.call_soon_threadsafe(self._end, exit)
+        except RuntimeError:
+            pass
+
+    async def _serve(self, ready: asyncio.Future[None]) -> None:
+        self._wake = wake = asyncio.Event()
+        self._serve_task = asyncio.current_task()
+        ctx = TaskContext(self._publish, self.id)
+        current.set(ctx)
+        self.host.loop.call_soon_threadsafe(_set_if_pending, ready)
+        inbox = self._inbox
+        post = self._post
+        while True:
+            if not inbox:
+                wake.clear()
+                self._sleeping = True
+                if inbox:  # appended between our check and the flag: no wake is coming
+                    self._sleeping = False
+                    continue
+                await wake.wait()
+                continue
+            task = inbox.popleft()
+            if task is _STOP:
+                return
+            self.current = task
+            ctx.task_id = task.id
+            post(_STARTED, task)
+            try:
+                self._in_sync_call = True
+                value = task.fn(*task.args)
+                self._in_sync_call = False
+                if type(value) is types.CoroutineType or hasattr(value, "__await__"):
+                    value = await value
+                ok = True
+            except asyncio.CancelledError as exc:
+                self._in_sync_call = False
+                me = self._serve_task
+                if self._cancelling is task and me is not None and me.uncancel() == 0:
+                    ok, value = False, None  # we cancelled this task; the pool knows
+                else:
+                    raise
+                del exc
+            except Exception as exc:
+                self._in_sync_call = False
+                ok, value = False, exc
+            self._cancelling = None
+            self.current = None
+            ctx.task_id = None
+            post(_DONE, task, ok, value)
+
+    def _cancel_in_worker(self, task: Task[Any]) -> None:
+        if self.current is task and not self._in_sync_call and self._serve_task is not None:
+            self._cancelling = task
+            self._serve_task.cancel()
+
+    def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
+        self._post(_PUBLISH, topic, data, task_id)
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
