@@ -21,6 +21,7 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._events import EventBus, Subscription
+from ._persistent import PersistentWorker, import_persistent_worker
 from ._pool import FunctionPool
 from ._restart import RestartPolicy
 from ._task import Task
@@ -49,6 +50,7 @@ __all__ = [
     "EventBus",
     "FunctionPool",
     "HookErrorEvent",
+    "PersistentWorker",
     "PoolBroken",
     "PoolClosed",
     "PoolEvent",
@@ -73,6 +75,7 @@ __all__ = [
     "WorkerEvent",
     "WorkerLogEvent",
     "WorkerSnapshot",
+    "import_persistent_worker",
     "publish",
 ]
 

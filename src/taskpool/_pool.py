@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
@@ -200,6 +200,12 @@ class FunctionPool:
         self._log = structlog.get_logger("taskpool").bind(pool=self.name)
         self._spec = WorkerSpec(pool_name=self.name, log_dir=self.log_dir, max_memory=self._max_memory)
         self._sched = Scheduler(max_queue=self._max_queue, keep_records=keep_records)
+        # Set by persistent workers and services, which run on a private pool of their
+        # own: unique worker ids, a role for dashboards, worker events on the parent's bus.
+        self._id_base = 0
+        self._extra_ids = 0
+        self._role = "pool"
+        self._worker_buses: list[EventBus] = [self.events]
         for i in range(pool_size):
             self._sched.add_slot(Slot(i, self._backend.window))
         self._ids = itertools.count(1)
@@ -911,16 +917,18 @@ class FunctionPool:
 
     def worker_publish(self, worker: Worker, topic: str, data: Any, task_id: int | None) -> None:
         """A task called ``taskpool.publish`` (WorkerHost)."""
-        self.events.publish(topic, data, task_id=task_id, worker_id=worker.id)
+        for bus in self._worker_buses:
+            bus.publish(topic, data, task_id=task_id, worker_id=worker.id)
 
     def worker_log(self, worker: Worker, stream: str, line: str) -> None:
         """A worker wrote a line of output (WorkerHost)."""
         log = self._log.warning if stream == "stderr" else self._log.info
         log("worker output", worker_id=worker.id, stream=stream, line=line)
-        if self.events.wants("worker.log"):
-            self.events.emit(
-                WorkerLogEvent(topic="worker.log", time=time.time(), worker_id=worker.id, stream=stream, line=line)  # type: ignore[arg-type]
-            )
+        for bus in self._worker_buses:
+            if bus.wants("worker.log"):
+                bus.emit(
+                    WorkerLogEvent(topic="worker.log", time=time.time(), worker_id=worker.id, stream=stream, line=line)  # type: ignore[arg-type]
+                )
 
     # --- dispatch and settlement ---------------------------------------------------------
 
@@ -1125,6 +1133,8 @@ class FunctionPool:
                     tasks_done=slot.tasks_done,
                     restarts=slot.restarts,
                     current_task=cur.id if cur is not None else None,
+                    role=self._role,
+                    name=self.name if self._role != "pool" else None,
                 )
             )
         for extra in self._extras:
@@ -1140,13 +1150,60 @@ class FunctionPool:
             workers=workers,
         )
 
+    # --- persistent workers ----------------------------------------------------------------
+
+    def import_persistent_worker(
+        self,
+        module: str | ModuleType,
+        *,
+        worker: str = "process",
+        timeout: float | None = None,
+        restart: RestartPolicy | None = None,
+    ) -> Any:
+        """Like :func:`taskpool.import_persistent_worker`, tied to this pool's life.
+
+        The worker does not count toward ``pool_size``; it shows in :meth:`snapshot`,
+        publishes its ``worker.*`` events on this pool's bus, and is terminated when the
+        pool closes.
+
+        Raises:
+            PoolClosed: the pool is closing or closed.
+            TypeError, ValueError: as :func:`taskpool.import_persistent_worker`.
+        """
+        from ._persistent import PersistentWorker, _Starter
+
+        if self._state not in ("new", "running"):
+            raise PoolClosed(f"pool {self.name!r} is {self._state}")
+        return _Starter(PersistentWorker(module, worker=worker, timeout=timeout, restart=restart, parent=self))
+
+    def _next_worker_id(self, count: int) -> int:
+        """Reserve ``count`` worker ids beyond the pool's own (for persistent workers, services)."""
+        base = self._id_base + self.pool_size + self._extra_ids
+        self._extra_ids += count
+        return base
+
+    def _rebase(self, base: int) -> None:
+        """Number this (private) pool's workers from ``base``; before start only."""
+        self._id_base = base
+        for slot in self._sched.slots:
+            slot.id = base + slot.id
+
     # --- events --------------------------------------------------------------------------
 
     def _emit_worker(self, topic: str, worker: Worker, **fields: Any) -> None:
-        if self.events.wants(topic):
-            self.events.emit(
-                WorkerEvent(topic=topic, time=time.time(), worker_id=worker.id, worker_kind=worker.kind, pid=worker.pid, **fields)
-            )
+        for bus in self._worker_buses:
+            if bus.wants(topic):
+                bus.emit(
+                    WorkerEvent(
+                        topic=topic,
+                        time=time.time(),
+                        worker_id=worker.id,
+                        worker_kind=worker.kind,
+                        pid=worker.pid,
+                        role=self._role,
+                        **fields,
+                    )
+                )
 
     def __repr__(self) -> str:
         s = self._sched

@@ -1,0 +1,1 @@
+"""Example modules shipped with taskpool, used by ``taskpool demo`` and the docs."""
