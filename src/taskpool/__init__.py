@@ -24,6 +24,7 @@ from ._events import EventBus, Subscription
 from ._persistent import PersistentWorker, import_persistent_worker
 from ._pool import FunctionPool
 from ._restart import RestartPolicy
+from ._service import Service
 from ._task import Task
 from ._types import (
     AnyEvent,
@@ -59,6 +60,7 @@ __all__ = [
     "RemoteTraceback",
     "RestartPolicy",
     "SerializationError",
+    "Service",
     "ServiceEvent",
     "StatusType",
     "Subscription",

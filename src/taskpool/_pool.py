@@ -39,7 +39,7 @@ import time
 import traceback
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import ModuleType, TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -64,6 +64,9 @@ from ._types import (
     WorkerSnapshot,
 )
 from ._workers import CancelResult, Worker, WorkerExit, WorkerSpec, backend
+
+if TYPE_CHECKING:
+    from ._service import Service
 
 __all__ = ["FunctionPool"]
 
@@ -298,6 +301,9 @@ class FunctionPool:
                     raise
                 if not ready.done():
                     ready.set_result(None)
+                for extra in self._extras:
+                    if getattr(extra, "state", None) == "new" and hasattr(extra, "run"):
+                        tg.start_soon(extra.run)  # services added before start
                 for kind, coro, task_id in self._pending_hooks:
                     tg.start_soon(self._await_hook, kind, coro, task_id)
                 self._pending_hooks.clear()
@@ -1175,6 +1181,56 @@ class FunctionPool:
         if self._state not in ("new", "running"):
             raise PoolClosed(f"pool {self.name!r} is {self._state}")
         return _Starter(PersistentWorker(module, worker=worker, timeout=timeout, restart=restart, parent=self))
+
+    def keep_alive(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        name: str,
+        instances: int = 1,
+        restart: RestartPolicy | None = None,
+        worker: str = "process",
+        grace: float = 5.0,
+    ) -> Service:
+        """Run ``fn(*args)`` in ``instances`` dedicated workers and keep it running.
+
+        Each instance is run again per ``restart`` (default
+        ``RestartPolicy(mode="always")``) whenever it returns or its worker dies, until
+        ``await service.stop()`` or the pool closes. The service's workers do not count
+        toward ``pool_size``; they show in :meth:`snapshot`, and ``service.*`` events are
+        published on this pool's bus.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or ``restart`` is not a RestartPolicy.
+            ValueError: ``name`` is empty or taken, ``instances`` < 1, bad ``worker``
+                or ``grace``.
+            PoolClosed: the pool is closing or closed.
+        """
+        from ._service import Service
+
+        if not callable(fn):
+            raise TypeError(f"keep_alive() needs a callable, got {type(fn).__name__}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"keep_alive() name must be a non-empty str, got {name!r}")
+        if any(isinstance(e, Service) and e.name == name for e in self._extras):
+            raise ValueError(f"keep_alive() name {name!r} is already used by a service of this pool")
+        instances = _check_count("instances", instances) or 1
+        if restart is None:
+            restart = RestartPolicy(mode="always")
+        elif not isinstance(restart, RestartPolicy):
+            raise TypeError(f"restart must be a RestartPolicy or None, got {type(restart).__name__}")
+        if not math.isfinite(grace) or grace < 0:
+            raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+        if self._state not in ("new", "running"):
+            raise PoolClosed(f"pool {self.name!r} is {self._state}")
+        service = Service(
+            self, fn, args, name=name, instances=instances, restart=restart, worker=worker, grace=grace
+        )
+        self._extras.append(service)
+        if self._tg is not None:
+            self._tg.start_soon(service.run)
+        return service
 
     def _next_worker_id(self, count: int) -> int:
         """Reserve ``count`` worker ids beyond the pool's own (for persistent workers, services)."""
