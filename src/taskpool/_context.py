@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ def publish(topic: str, data: Any = None) -> None:
     Raises:
         TypeError: ``topic`` is not a ``str``.
         ValueError: ``topic`` is empty.
+        SerializationError: (process workers) ``data`` cannot be sent to the pool.
     """
     if not isinstance(topic, str):
         raise TypeError(f"publish() topic must be str, got {type(topic).__name__}")
@@ -49,3 +51,8 @@ def publish(topic: str, data: Any = None) -> None:
     ctx = current.get()
     if ctx is not None:
         ctx.send(topic, data, ctx.task_id)
+        return
+    # In a process worker the child's channel carries it (tagged with the call's id).
+    child = sys.modules.get("taskpool._child")
+    if child is not None and child._worker is not None:
+        child.child_publish(topic, data)

@@ -185,7 +185,9 @@ class PersistentWorker(Generic[M]):
         """Start the worker and import the module there; returns the proxy.
 
         Raises:
-            ModuleNotFoundError, ImportError, or what the module's import raised.
+            ImportError: the module cannot be found (``ModuleNotFoundError``) or imported.
+            Exception: whatever the module's own top-level code raised while importing.
+            RuntimeError: the proxy was already started.
             PoolBroken: the worker could not be started.
         """
         if self._state != "new":

@@ -210,7 +210,7 @@ class FunctionPool:
         self._role = "pool"
         self._worker_buses: list[EventBus] = [self.events]
         for i in range(pool_size):
-            self._sched.add_slot(Slot(i, self._backend.window))
+            self._sched.add_slot(Slot(i, self._backend.window, adaptive=self._backend.adaptive_window))
         self._ids = itertools.count(1)
         self._state = "new"
         self._broken: PoolBroken | None = None
@@ -223,6 +223,7 @@ class FunctionPool:
         self._room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._check_scheduled = False
         self._hook_depth = 0
+        self._hooks_running = 0  # async hooks started, not finished: join/aclose wait for them
         self._then: list[Callable[..., Any]] = []
         self._catch: list[Callable[..., Any]] = []
         self._race: list[Callable[..., Any]] = []
@@ -305,6 +306,7 @@ class FunctionPool:
                     if getattr(extra, "state", None) == "new" and hasattr(extra, "run"):
                         tg.start_soon(extra.run)  # services added before start
                 for kind, coro, task_id in self._pending_hooks:
+                    self._hooks_running += 1
                     tg.start_soon(self._await_hook, kind, coro, task_id)
                 self._pending_hooks.clear()
                 self._pump()
@@ -360,9 +362,11 @@ class FunctionPool:
                 exit = await worker.run(on_ready)
             except Exception as exc:  # a worker that failed to start or broke
                 exit = WorkerExit(failed=True, reason=f"{type(exc).__name__}: {exc}")
+            if slot.state == "recycling" and not exit.failed:
+                exit = WorkerExit(failed=False, reason="recycled")
             self._worker_ended(slot, worker, exit)
             stopping = self._state not in ("running",) or self._stop_event_set()
-            if stopping and not (exit.reason == "retired" and self._state == "closing"):
+            if stopping and not (exit.reason in ("retired", "recycled") and self._state == "closing"):
                 slot.state = "exited"
                 return
             if exit.reason in ("retired", "recycled"):
@@ -454,6 +458,11 @@ class FunctionPool:
         self._sched.close_slot(slot)
         self._log.info("worker retired", worker_id=slot.id, reason=reason)
         if reason == "recycled":
+            slot.state = "recycling"  # its clean stop is a recycle: _supervise replaces it
+            for task in reversed(slot.inflight[:]):  # prefetched work goes elsewhere: at most N tasks
+                if task._state is _QUEUED and worker.reclaim(task):
+                    self._sched.release(slot, task)
+                    self._sched.requeue(task)
             worker.stop()
         else:
             self._retired.append(worker)
@@ -572,7 +581,12 @@ class FunctionPool:
         await self._drained()
 
     async def _drained(self) -> None:
-        while not self._sched.drained and self._state != "closed":
+        # An async hook still running may add follow-up work: not drained until it ends; and
+        # a pending drain check is waited for, so the round's all_settled hooks and
+        # pool.drained have run by the time join() returns.
+        while (
+            not self._sched.drained or self._hooks_running or self._check_scheduled
+        ) and self._state != "closed":
             fut = asyncio.get_running_loop().create_future()
             self._join_waiters.append(fut)
             try:
@@ -844,6 +858,7 @@ class FunctionPool:
         if inspect.isawaitable(ret):
             task_id = task.id if task is not None else None
             if self._tg is not None:
+                self._hooks_running += 1
                 self._tg.start_soon(self._await_hook, kind, ret, task_id)
             elif self._state == "new":
                 self._pending_hooks.append((kind, ret, task_id))
@@ -858,6 +873,9 @@ class FunctionPool:
             await awaitable
         except Exception as exc:
             self._hook_error(kind, exc, None, task_id)
+        finally:
+            self._hooks_running -= 1
+            self._schedule_check()
 
     def _hook_error(self, kind: str, exc: BaseException, task: Task[Any] | None, task_id: int | None = None) -> None:
         if task is not None:
@@ -901,6 +919,8 @@ class FunctionPool:
             slot.worker_tasks += 1
             if self._max_tasks is not None and slot.worker_tasks >= self._max_tasks and slot.worker is worker:
                 self._retire(slot, "recycled")
+        if slot is not None and task.started_at is not None:
+            self._sched.observe(slot, time.time() - task.started_at)
         if task._state is _QUEUED or task._state is _RUNNING:
             if ok:
                 self._settle(task, _SUCCEEDED, value, None)

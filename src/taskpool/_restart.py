@@ -1,7 +1,5 @@
 """Restart policies: when and how fast a dead worker is replaced."""
 
-from __future__ import annotations
-
 import math
 from typing import Literal
 
@@ -15,7 +13,7 @@ _MODES = ("on-failure", "always", "never")
 class RestartPolicy(msgspec.Struct, frozen=True):
     """How a worker (or a kept-alive service) is replaced when it ends.
 
-    Args:
+    Attributes:
         mode: ``"on-failure"`` restarts a worker that died (crash, signal, non-zero exit);
             ``"always"`` also restarts one that ended cleanly (for services);
             ``"never"`` leaves the slot empty.

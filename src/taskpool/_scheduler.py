@@ -34,6 +34,9 @@ FIELDS = (
     "total",
 )
 
+#: A call running longer than this (seconds, averaged) gets no prefetched call behind it.
+LONG_CALL = 0.002
+
 _QUEUED = TaskState.QUEUED
 _RUNNING = TaskState.RUNNING
 _SUCCEEDED = TaskState.SUCCEEDED
@@ -55,14 +58,21 @@ class Slot:
         "restarts",
         "state",
         "tasks_done",
+        "busy_ewma",
+        "max_window",
         "window",
         "worker",
         "worker_tasks",
     )
 
-    def __init__(self, slot_id: int, window: int) -> None:
+    def __init__(self, slot_id: int, window: int, *, adaptive: bool = False) -> None:
         self.id = slot_id
-        self.window = window
+        # An adaptive slot starts at 1 and opens up to max_window while its calls are
+        # short (see Scheduler.observe): prefetching only pays when the round trip is a
+        # large part of a call, and a call queued behind a long one just waits.
+        self.max_window = window
+        self.window = 1 if adaptive else window
+        self.busy_ewma = 0.0 if adaptive else -1.0  # -1: a fixed window
         self.worker: Worker | None = None
         self.inflight: list[Task[Any]] = []
         self.accepting = False
@@ -152,6 +162,17 @@ class Scheduler:
         if slot.accepting:
             slot.accepting = False
             self.free -= slot.window - len(slot.inflight)
+
+    def observe(self, slot: Slot, duration: float) -> None:
+        """Adapt an adaptive slot's window to how long its calls run (seconds)."""
+        if slot.busy_ewma < 0:
+            return
+        slot.busy_ewma = ewma = 0.7 * slot.busy_ewma + 0.3 * duration
+        want = slot.max_window if ewma < LONG_CALL else 1
+        if want != slot.window:
+            if slot.accepting:
+                self.free += want - slot.window
+            slot.window = want
 
     def release(self, slot: Slot, task: Task[Any]) -> None:
         """The slot's worker is done with ``task`` (reported back or never to be)."""

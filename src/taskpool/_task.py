@@ -160,7 +160,7 @@ class Task(Generic[T]):
     # --- callbacks and awaiting --------------------------------------------------------
 
     def add_done_callback(self, cb: Callable[[Task[T]], Any]) -> None:
-        """Call ``cb(task)`` once the task settles, or soon if it already has.
+        """Call ``cb(task)`` once the task settles, or at once (before returning) if it already has.
 
         A callback that raises is logged and published as ``pool.hook_error``; an async
         callback's coroutine is run by the pool.

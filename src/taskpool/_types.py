@@ -4,8 +4,6 @@ All of them are :class:`msgspec.Struct` s, so ``msgspec.json.encode`` works on e
 dashboard can decode any event with ``msgspec.json.decode(data, type=AnyEvent)``.
 """
 
-from __future__ import annotations
-
 import enum
 from typing import Any, Literal, TypeAlias
 
@@ -119,7 +117,7 @@ class TaskEvent(Event, frozen=True, kw_only=True, tag="task"):
 
 
 class WorkerEvent(Event, frozen=True, kw_only=True, tag="worker"):
-    """``worker.started`` / ``exited`` / ``restarted`` / ``retired``."""
+    """``worker.started`` / ``exited`` / ``restarted``; ``reason`` says why one ended or was replaced."""
 
     worker_id: int
     worker_kind: str
@@ -149,7 +147,7 @@ class PoolEvent(Event, frozen=True, kw_only=True, tag="pool"):
 
 
 class HookErrorEvent(Event, frozen=True, kw_only=True, tag="hook_error"):
-    """``pool.hook_error``: a hook, done-callback or subscriber raised."""
+    """``pool.hook_error``: a hook (then, catch, race, all_settled) or a done-callback raised."""
 
     hook: str
     error: str
@@ -165,7 +163,10 @@ class UserEvent(Event, frozen=True, kw_only=True, tag="user"):
 
 
 class ServiceEvent(Event, frozen=True, kw_only=True, tag="service"):
-    """``service.started`` / ``exited`` / ``restarted`` / ``stopped``."""
+    """``service.started`` / ``exited`` / ``restarted`` / ``broken`` / ``stopped``.
+
+    ``instance`` is the instance's index, or -1 for ``service.stopped`` (the whole service).
+    """
 
     service: str
     instance: int

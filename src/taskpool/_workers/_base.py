@@ -84,11 +84,15 @@ class Worker(abc.ABC):
         kind: ``"inline"``, ``"thread"`` or ``"process"``.
         window: how many tasks the pool may hand over before the first finishes; more
             than one lets a worker start its next task without a round trip.
+        adaptive_window: start at one and open up to ``window`` only while the worker's
+            calls are short (a worker that cannot give back unstarted calls while it
+            runs, like a process busy in sync code, should not hold any behind a long one).
         id: the worker's id in its pool (its slot: stable across restarts).
     """
 
     kind: ClassVar[str]
     window: ClassVar[int] = 1
+    adaptive_window: ClassVar[bool] = False
 
     def __init__(self, host: WorkerHost, worker_id: int, spec: WorkerSpec) -> None:
         self.host = host

@@ -1,0 +1,614 @@
+"""The worker process: a fresh interpreter serving calls over the framed channel.
+
+Spawning (parent side; :func:`spawn_child` does all of it)::
+
+    parent_sock, child_sock = socket.socketpair()
+    argv = child_command(child_sock.fileno())        # python -c BOOTSTRAP --fd N --ppid P
+    proc = await asyncio.create_subprocess_exec(
+        *argv, pass_fds=(child_sock.fileno(),), env=child_env(), cwd=os.getcwd(),
+        stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
+    child_sock.close()
+    _, proto = await loop.connect_accepted_socket(factory, parent_sock)
+    # first message from the child: Hello(pid, python, uvloop)
+
+- The parent's ``sys.path`` travels in the environment variable ``TASKPOOL_SYS_PATH``
+  (JSON list, removed from ``os.environ`` before user code runs); the bootstrap installs
+  it before importing taskpool, so the child imports exactly what the parent would. The
+  rest of the environment and the working directory are the parent's (``child_env``,
+  ``cwd``); interpreter flags (``-O``, ``-X dev``, ``-W ...``) are passed on too.
+- The channel fd is inherited (``pass_fds``); ``--ppid`` is the parent's pid.
+- Lifetime: on Linux the child asks for SIGKILL when its parent dies
+  (``PR_SET_PDEATHSIG``; note that Linux delivers it when the parent *thread* that
+  spawned the child exits, so spawn from the thread running the pool's loop) and exits
+  at once if the parent is already gone. Everywhere, EOF on the channel makes it exit.
+  SIGINT is ignored: Ctrl-C goes to the whole process group, and the pool decides.
+- stdout and stderr are the parent's pipes, line-buffered.
+
+Serving: one event loop (uvloop when importable) runs a :class:`Worker` protocol on the
+socket. Calls queue in arrival order and run one at a time, each announced by
+``Started(id)`` and answered by ``Result``/``Error``. Sync functions run on the main
+thread, blocking the loop (outside the loop's "running" mark, so ``asyncio.run()`` works
+in them); coroutine functions run as tasks on the loop and can be cancelled
+(``Cancel``). Outgoing frames are batched into one write per loop iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import contextvars
+import inspect
+import io
+import json
+import os
+import pickle
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+import types
+from asyncio import events
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
+
+from taskpool._errors import SerializationError
+from taskpool._wire import (
+    ERR_CANCELLED,
+    ERR_LOAD,
+    ERR_RAISED,
+    ERR_UNSENDABLE,
+    Call,
+    CallAttr,
+    Cancel,
+    Error,
+    Exports,
+    FnDef,
+    FrameProtocol,
+    GetAttr,
+    Hello,
+    Import,
+    Publish,
+    Result,
+    Shutdown,
+    Started,
+    ToChild,
+    WireError,
+    child_parser,
+    dump_payload,
+    dump_value,
+    load_function,
+    load_payload,
+)
+
+__all__ = [
+    "SYS_PATH_ENV",
+    "Worker",
+    "child_command",
+    "child_env",
+    "child_publish",
+    "current_call_id",
+    "main",
+    "spawn_child",
+]
+
+SYS_PATH_ENV = "TASKPOOL_SYS_PATH"
+# Runs as ``python -c``: installs the parent's sys.path before anything is imported.
+_BOOTSTRAP = (
+    "import json,os,sys;"
+    f"p=os.environ.pop({SYS_PATH_ENV!r},None);"
+    "sys.path[:]=json.loads(p) if p else sys.path;"
+    "from taskpool._child import main;main()"
+)
+
+_current_call: contextvars.ContextVar[int | None] = contextvars.ContextVar("taskpool_call", default=None)
+_worker: Worker | None = None
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def child_command(
+    fd: int,
+    *,
+    parent_pid: int | None = None,
+    loop: str = "auto",
+    executable: str | None = None,
+) -> list[str]:
+    """The argv that starts a worker serving on inherited fd ``fd``.
+
+    ``loop`` is ``"auto"`` (uvloop when importable), ``"uvloop"`` or ``"asyncio"``.
+    """
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {loop!r}")
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return [
+        executable or sys.executable,
+        *flags,
+        "-c",
+        _BOOTSTRAP,
+        "--fd",
+        str(fd),
+        "--ppid",
+        str(os.getpid() if parent_pid is None else parent_pid),
+        "--loop",
+        loop,
+    ]
+
+
+def child_env(env: Mapping[str, str] | None = None, *, sys_path: Sequence[str] | None = None) -> dict[str, str]:
+    """The environment for a worker: ``env`` (default: this process's) plus this
+    process's ``sys.path`` (or ``sys_path``) for the bootstrap."""
+    out = dict(os.environ if env is None else env)
+    out[SYS_PATH_ENV] = json.dumps(list(sys.path if sys_path is None else sys_path))
+    return out
+
+
+async def spawn_child(
+    protocol_factory: Callable[[], P],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    loop: str = "auto",
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+) -> tuple[asyncio.subprocess.Process, P]:
+    """Start a worker and connect ``protocol_factory()`` to its channel.
+
+    Returns the process (its ``stdout``/``stderr`` are StreamReaders when piped) and the
+    connected protocol; the worker's first frame will be :class:`~taskpool._wire.Hello`.
+    On failure nothing is left running.
+    """
+    parent_sock, child_sock = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *child_command(child_sock.fileno(), loop=loop),
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=child_env(env),
+            cwd=os.getcwd() if cwd is None else cwd,
+        )
+    except BaseException:
+        parent_sock.close()
+        raise
+    finally:
+        child_sock.close()
+    try:
+        _, proto = await asyncio.get_running_loop().connect_accepted_socket(protocol_factory, parent_sock)
+    except BaseException:
+        parent_sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc, proto
+
+
+# --------------------------------------------------------------------------- in the task
+
+
+def current_call_id() -> int | None:
+    """The id of the call running in this context of the worker, else None."""
+    return _current_call.get()
+
+
+def child_publish(topic: str, data: Any = None) -> None:
+    """Send ``Publish(task_id, topic, data)`` to the pool, tagged with the current call.
+
+    Non-blocking; callable from sync code (written at once, even while a long sync call
+    keeps the loop busy) and async code on the worker's main thread, and from other
+    threads (queued to the loop). Raises SerializationError when ``data`` cannot be sent
+    and RuntimeError outside a worker process.
+    """
+    w = _worker
+    if w is None:
+        raise RuntimeError("child_publish() called outside a taskpool worker process")
+    w.publish(topic, data, _current_call.get())
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _FnSlot:
+    """A function definition received once, loaded on first use (so an import error
+    fails the call that needs it, and later calls the same way)."""
+
+    __slots__ = ("define", "error", "fn", "is_async")
+
+    def __init__(self, define: FnDef | None, error: BaseException | None = None) -> None:
+        self.define = define
+        self.fn: Callable[..., Any] | None = None
+        self.error = error
+        self.is_async = False
+
+    def resolve(self) -> Callable[..., Any]:
+        if self.fn is not None:
+            return self.fn
+        if self.error is None:
+            assert self.define is not None
+            try:
+                self.fn = load_function(self.define)
+                self.is_async = inspect.iscoroutinefunction(self.fn)
+                self.define = None
+                return self.fn
+            except BaseException as exc:
+                self.error = exc
+        raise self.error.with_traceback(self.error.__traceback__)
+
+
+class _Job:
+    __slots__ = ("msg", "slot")
+
+    def __init__(self, msg: Call | CallAttr | GetAttr | Import, slot: _FnSlot | None) -> None:
+        self.msg = msg
+        self.slot = slot
+
+
+class Worker(FrameProtocol[ToChild]):
+    """The child's end of the channel: queues and runs calls, answers, publishes."""
+
+    def __init__(self) -> None:
+        super().__init__(child_parser())
+        self.queue: deque[_Job] = deque()
+        self.current: _Job | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.fns: dict[int, _FnSlot] = {}
+        self.module: types.ModuleType | None = None
+        self.in_sync = False  # a sync call is running: the loop is blocked
+        self.stopping = False  # Shutdown received
+        self.lost = False  # the channel is gone
+        self._main_thread = threading.get_ident()
+
+    # -- receiving
+    def buffer_updated(self, nbytes: int) -> None:
+        """Take in a whole batch of frames first (a Cancel right behind its Call counts),
+        then run what is queued."""
+        for msg in self.parser.buffer_updated(nbytes):
+            self.message_received(msg)
+        if self.current is None and self.queue:
+            self._pump()
+
+    def message_received(self, msg: ToChild) -> None:
+        """Queue calls; act on Cancel and Shutdown at once."""
+        t = type(msg)
+        if t is Call:
+            assert isinstance(msg, Call)
+            self.queue.append(_Job(msg, self._slot(msg)))
+            for fn_id in msg.drop:
+                self.fns.pop(fn_id, None)
+        elif t is Cancel:
+            assert isinstance(msg, Cancel)
+            self._cancel(msg.id, msg.queued_only)
+        elif t is Shutdown:
+            self._shutdown()
+        else:
+            assert isinstance(msg, (CallAttr, GetAttr, Import))
+            self.queue.append(_Job(msg, None))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The parent closed the channel (or died): stop everything."""
+        self.lost = True
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+        super().connection_lost(exc)
+
+    def _slot(self, msg: Call) -> _FnSlot:
+        if msg.define is not None:
+            slot = _FnSlot(msg.define)
+            if msg.fn:
+                self.fns[msg.fn] = slot
+            return slot
+        found = self.fns.get(msg.fn)
+        if found is None:
+            return _FnSlot(None, WireError(f"function id {msg.fn} is unknown in this worker"))
+        return found
+
+    def _cancel(self, call_id: int, queued_only: bool = False) -> None:
+        cur = self.current
+        if cur is not None and cur.msg.id == call_id:
+            if self.task is not None and not queued_only:
+                self.task.cancel()  # answered from _task_done once it has stopped
+            return
+        for job in self.queue:
+            if job.msg.id == call_id:
+                self.queue.remove(job)
+                self._send_cancelled(call_id)
+                return
+        # Unknown: it already finished, and its answer is on the way.
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        while self.queue:
+            self._send_cancelled(self.queue.popleft().msg.id, "the worker is shutting down")
+        if self.current is None:
+            self._close()
+
+    def _close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()  # writes what is buffered, then connection_lost
+
+    # -- running
+    def _pump(self) -> None:
+        while self.current is None and self.queue and not self.lost:
+            self._run(self.queue.popleft())
+        if self.stopping and self.current is None:
+            self._close()
+
+    def _run(self, job: _Job) -> None:
+        msg = job.msg
+        cid = msg.id
+        if type(msg) is GetAttr:
+            self._get_attr(cid, msg.name)
+            return
+        if type(msg) is Import:
+            self._import(cid, msg.module)
+            return
+        self.send(Started(cid))
+        try:
+            if job.slot is not None:
+                fn = job.slot.resolve()
+                is_async = job.slot.is_async
+            else:
+                assert isinstance(msg, CallAttr)
+                fn = self._attr(msg.name)
+                is_async = inspect.iscoroutinefunction(fn)
+            assert isinstance(msg, (Call, CallAttr))
+            args = load_payload(msg.fmt, msg.data, msg.bufs)
+        except BaseException as exc:
+            self._send_error(cid, ERR_LOAD, exc)
+            return
+        self.current = job
+        token = _current_call.set(cid)
+        try:
+            if not is_async:
+                # Started must reach the parent before a long sync call blocks the loop.
+                self.flush()
+            loop = self._loop
+            self.in_sync = True
+            # Not "inside" the loop while user code runs, so asyncio.run() works in it.
+            events._set_running_loop(None)
+            try:
+                res = fn(*args)
+            finally:
+                events._set_running_loop(loop)
+                self.in_sync = False
+            if inspect.isawaitable(res):
+                assert loop is not None
+                # Created under _current_call = cid: the task's context keeps it.
+                self.task = loop.create_task(_await(res))
+                self.task.add_done_callback(self._task_done)
+                return
+        except BaseException as exc:
+            self.current = None
+            self._send_error(cid, ERR_RAISED, exc)
+            return
+        finally:
+            _current_call.reset(token)
+        self.current = None
+        self._send_result(cid, res)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        job, self.current, self.task = self.current, None, None
+        if job is None or self.lost:
+            return
+        cid = job.msg.id
+        if task.cancelled():
+            self._send_cancelled(cid)
+        else:
+            exc = task.exception()
+            if exc is None:
+                self._send_result(cid, task.result())
+            else:
+                self._send_error(cid, ERR_RAISED, exc)
+        self._pump()
+
+    def _attr(self, name: str) -> Any:
+        if self.module is None:
+            raise RuntimeError("no module was imported in this worker")
+        return getattr(self.module, name)
+
+    def _get_attr(self, cid: int, name: str) -> None:
+        try:
+            value = self._attr(name)
+        except BaseException as exc:
+            self._send_error(cid, ERR_RAISED, exc)
+            return
+        self._send_result(cid, value)
+
+    def _import(self, cid: int, name: str) -> None:
+        try:
+            import importlib  # noqa: PLC0415 - persistent workers only
+
+            module = importlib.import_module(name)
+            names = getattr(module, "__all__", None)
+            if names is None:
+                names = [n for n in dir(module) if not n.startswith("_")]
+            callables: list[str] = []
+            coroutines: list[str] = []
+            attributes: list[str] = []
+            for n in names:
+                value = getattr(module, n, None)
+                if isinstance(value, types.ModuleType):
+                    continue
+                if callable(value):
+                    callables.append(n)
+                    if inspect.iscoroutinefunction(value):
+                        coroutines.append(n)
+                else:
+                    attributes.append(n)
+        except BaseException as exc:
+            self._send_error(cid, ERR_RAISED, exc)
+            return
+        self.module = module
+        self.send(Exports(cid, name, callables, coroutines, attributes))
+
+    # -- answering
+    def _send_result(self, cid: int, value: Any) -> None:
+        try:
+            fmt, data, bufs = dump_value(value)
+            self.send(Result(cid, fmt, data, bufs))
+        except BaseException as exc:
+            err = SerializationError(
+                f"the result ({_type_name(value)}) cannot be sent back from the worker: {type(exc).__name__}: {exc}"
+            )
+            self._send_error(cid, ERR_UNSENDABLE, err, cause=exc)
+
+    def _send_cancelled(self, cid: int, why: str = "cancelled in the worker") -> None:
+        self.send(Error(cid, ERR_CANCELLED, "asyncio.exceptions", "CancelledError", why, ""))
+
+    def _send_error(self, cid: int, kind: int, exc: BaseException, cause: BaseException | None = None) -> None:
+        shown = cause if cause is not None else exc
+        tb = _format_exception(shown)
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<unprintable {type(exc).__name__}>"
+        pickled = _pickle_exception(exc) if kind in (ERR_RAISED, ERR_LOAD) else None
+        t = type(exc)
+        msg = Error(cid, kind, t.__module__, t.__qualname__, message, tb, pickled)
+        try:
+            self.send(msg)
+        except SerializationError:  # e.g. a surrogate in the message: drop the pickle
+            self.send(Error(cid, kind, t.__module__, t.__qualname__, repr(message), repr(tb)))
+
+    # -- publishing
+    def publish(self, topic: str, data: Any, task_id: int | None) -> None:
+        """See :func:`child_publish`."""
+        fmt, payload, bufs = dump_payload(data, f"the data published on {topic!r}")
+        msg = Publish(task_id, topic, fmt, payload, bufs)
+        if threading.get_ident() != self._main_thread:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.send, msg)
+            return
+        self.send(msg)
+        if self.in_sync:
+            self.flush()  # the loop is blocked by the call: write now
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _type_name(x: object) -> str:
+    t = type(x)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _format_exception(exc: BaseException) -> str:
+    """The traceback text, without this module's own frames at the top."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb))
+    except Exception:
+        return f"{type(exc).__name__} (traceback unavailable)\n"
+
+
+def _pickle_exception(exc: BaseException) -> bytes | None:
+    with contextlib.suppress(Exception):
+        return pickle.dumps(exc, 5)
+    try:
+        import cloudpickle  # noqa: PLC0415 - only for exceptions pickle refuses
+
+        return cloudpickle.dumps(exc, 5)  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _die_with_parent(ppid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes  # noqa: PLC0415 - Linux only
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if ppid and os.getppid() != ppid:
+        os._exit(1)  # the parent died before we could ask to die with it
+
+
+def _loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], bool]:
+    if kind != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional
+
+            return uvloop.new_event_loop, True
+        except ImportError:
+            if kind == "uvloop":
+                raise
+    return asyncio.new_event_loop, False
+
+
+async def _serve(sock: socket.socket, uses_uvloop: bool) -> int:
+    global _worker
+    loop = asyncio.get_running_loop()
+    worker = Worker()
+    _worker = worker
+    await loop.connect_accepted_socket(lambda: worker, sock)
+    worker.send(Hello(os.getpid(), platform.python_version(), uses_uvloop))
+    assert worker.closed is not None
+    await worker.closed
+    return 0
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Serve one channel, then exit (never returns). See the module docstring."""
+    parser = argparse.ArgumentParser(prog="taskpool-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--ppid", type=int, default=0)
+    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    _die_with_parent(args.ppid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
+    factory, uses_uvloop = _loop_factory(args.loop)
+    sock = socket.socket(fileno=args.fd)
+    loop = factory()
+    asyncio.set_event_loop(loop)
+    code = 1
+    try:
+        code = loop.run_until_complete(_serve(sock, uses_uvloop))
+        _cancel_leftovers(loop)
+    finally:
+        _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    # Exit without waiting for threads a task may have left running (the parent is
+    # gone or wants us gone), but still run atexit hooks and flush what was printed.
+    import atexit  # noqa: PLC0415
+
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            if stream is not None:
+                stream.flush()
+    os._exit(code)

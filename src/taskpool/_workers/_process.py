@@ -1,0 +1,347 @@
+"""Process workers: each worker is a fresh interpreter serving calls over a socketpair.
+
+Parent side of the channel (the child side is :mod:`taskpool._child`, the frames and
+messages :mod:`taskpool._wire`)::
+
+    pool loop                                           worker process (own uvloop)
+    ---------                                           --------------
+    send(task): FunctionTable.prepare(fn), dump_args
+       └─ Call(id, fn, args) ──► FrameProtocol ══ socketpair ══► queue ─► run fn(*args)
+    _Channel.buffer_updated ◄── Started / Result / Error / Publish (batched frames)
+       └─ host.task_started / task_finished / worker_publish, then host.batch_done()
+    stdout / stderr pipes ──► lines ──► host.worker_log (structlog + worker.log events,
+                                        and the worker's file under log_dir)
+
+Stopping work for real: ``cancel`` sends ``Cancel(id)``; an async call is cancelled in
+the child. A sync call cannot be interrupted, so its worker is killed at once (and an
+async call that does not stop within ``CANCEL_GRACE`` seconds too); the pool replaces
+the worker. A worker that dies mid-call surfaces as ``WorkerCrashed`` with its exit code
+or signal; unstarted calls it held go back to the pool's queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import os
+import signal
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+import anyio
+
+from .. import _wire
+from .._child import spawn_child
+from .._errors import SerializationError
+from ._base import CancelResult, Worker, WorkerExit, log_path
+
+if TYPE_CHECKING:
+    from .._task import Task
+
+__all__ = ["CANCEL_GRACE", "START_TIMEOUT", "ProcessWorker"]
+
+#: Seconds an async call has to stop after Cancel before its worker is killed.
+CANCEL_GRACE = 1.0
+#: Seconds a new worker has to answer its handshake.
+START_TIMEOUT = 60.0
+#: Seconds a worker asked to stop (Shutdown) has before it is terminated.
+STOP_GRACE = 5.0
+
+
+class _Channel(_wire.FrameProtocol[_wire.ToParent]):
+    """The parent's end of one worker's channel: dispatches messages to the worker."""
+
+    def __init__(self, worker: ProcessWorker) -> None:
+        super().__init__(_wire.parent_parser())
+        self.worker = worker
+
+    def buffer_updated(self, nbytes: int) -> None:
+        w = self.worker
+        try:
+            messages = self.parser.buffer_updated(nbytes)
+        except _wire.WireError as exc:
+            w._protocol_error(exc)
+            return
+        for msg in messages:
+            w._on_message(msg)
+        if messages:
+            w.host.batch_done()
+
+
+class ProcessWorker(Worker):
+    """A worker process, spawned fresh (never forked), talking msgspec frames."""
+
+    kind = "process"
+    # Calls pipelined per worker: 8 keeps a worker busy through the round trip (see
+    # docs/benchmarks.md); work stealing (reclaim) keeps a long call from holding them.
+    window = 8
+    adaptive_window = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._channel: _Channel | None = None
+        self._table = _wire.FunctionTable()
+        self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
+        self._returning: set[int] = set()  # cancelled only to be handed back unstarted
+        self._hello: asyncio.Future[_wire.Hello] | None = None
+        self._stopping = False
+        self._retired = False
+        self._pid: int | None = None
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._logfile: IO[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
+        loop = self.host.loop
+        self._hello = loop.create_future()
+        proc, channel = await spawn_child(functools.partial(_Channel, self))
+        self._proc, self._channel = proc, channel
+        self._pid = proc.pid
+        path = log_path(self.spec.log_dir, self.spec.pool_name, self.id)
+        if path is not None:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self._logfile = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in finally
+        try:
+            async with anyio.create_task_group() as tg:
+                assert proc.stdout is not None and proc.stderr is not None
+                tg.start_soon(self._read_lines, proc.stdout, "stdout")
+                tg.start_soon(self._read_lines, proc.stderr, "stderr")
+                with anyio.fail_after(START_TIMEOUT):
+                    await self._handshake(channel)
+                on_ready()
+                await proc.wait()
+            return self._exit_info(proc.returncode)
+        except TimeoutError:
+            self.kill()
+            with anyio.CancelScope(shield=True):
+                await proc.wait()
+            return WorkerExit(failed=True, reason=f"no handshake within {START_TIMEOUT} s")
+        except BaseException:
+            # Cancelled (the pool is closing hard) or broken: never leave the child behind.
+            self.kill()
+            with anyio.CancelScope(shield=True):
+                await proc.wait()
+            raise
+        finally:
+            for h in self._timers.values():
+                h.cancel()
+            self._timers.clear()
+            if channel.transport is not None:
+                channel.transport.close()
+            if self._logfile is not None:
+                self._logfile.close()
+                self._logfile = None
+
+    async def _handshake(self, channel: _Channel) -> None:
+        assert self._hello is not None and channel.closed is not None
+        done, _ = await asyncio.wait({self._hello, channel.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if self._hello not in done:
+            raise _wire.WireError("the worker closed its channel before the handshake")
+
+    def _exit_info(self, rc: int | None) -> WorkerExit:
+        if self._retired:
+            return WorkerExit(failed=False, reason="retired", exitcode=rc)
+        if rc is not None and rc < 0:
+            sig = -rc
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            return WorkerExit(failed=not self._stopping, reason=f"killed by {name}", signal=sig)
+        if rc == 0 and self._stopping:
+            return WorkerExit(failed=False, reason="stopped", exitcode=0)
+        return WorkerExit(failed=True, reason=f"exited with code {rc}", exitcode=rc)
+
+    async def _read_lines(self, stream: asyncio.StreamReader, name: str) -> None:
+        host, logfile = self.host, self._logfile
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line longer than the reader's limit: take what is there
+                raw = await stream.read(64 * 1024)
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if logfile is not None:
+                logfile.write(f"{line}\n" if name == "stdout" else f"[stderr] {line}\n")
+            host.worker_log(self, name, line)
+
+    # --- messages from the child ---------------------------------------------------------
+
+    def _on_message(self, msg: _wire.ToParent) -> None:
+        host = self.host
+        if type(msg) is _wire.Result:
+            task = self._calls.pop(msg.id, None)
+            if task is None:
+                return
+            self._answered(msg.id)
+            self.tasks_done += 1
+            try:
+                value = _wire.load_result(msg)
+            except SerializationError as exc:
+                host.task_finished(self, task, False, exc)
+            else:
+                host.task_finished(self, task, True, value)
+        elif type(msg) is _wire.Started:
+            task = self._calls.get(msg.id)
+            if task is not None:
+                self._returning.discard(msg.id)  # it began before Shutdown: it runs here
+                self.current = task
+                host.task_started(self, task)
+        elif type(msg) is _wire.Error:
+            task = self._calls.pop(msg.id, None)
+            if task is None:
+                return
+            self._answered(msg.id)
+            if msg.id in self._returning and msg.kind == _wire.ERR_CANCELLED:
+                self._returning.discard(msg.id)
+                host.task_returned(self, task)
+                return
+            self._returning.discard(msg.id)
+            self.tasks_done += 1
+            host.task_finished(self, task, False, _wire.rebuild_exception(msg))
+        elif type(msg) is _wire.Publish:
+            try:
+                data = _wire.load_payload(msg.fmt, msg.data, msg.bufs)
+            except Exception as exc:
+                data = f"<undecodable: {exc!r}>"
+            host.worker_publish(self, msg.topic, data, msg.task_id)
+        elif type(msg) is _wire.Hello:
+            if self._hello is not None and not self._hello.done():
+                self._hello.set_result(msg)
+
+    def _answered(self, call_id: int) -> None:
+        if self.current is not None and self.current.id == call_id:
+            self.current = None
+        h = self._timers.pop(call_id, None)
+        if h is not None:
+            h.cancel()
+
+    def _protocol_error(self, exc: Exception) -> None:
+        self.host.worker_log(self, "stderr", f"taskpool: channel broken: {exc}")
+        self.kill()
+
+    # --- the pool's side -----------------------------------------------------------------
+
+    def send(self, task: Task[Any]) -> None:
+        channel = self._channel
+        try:
+            fmt, data, bufs = _wire.dump_args(task.args, _fn_name(task.fn))
+            fn_id, define, drop = self._table.prepare(task.fn)
+        except SerializationError as exc:
+            # Not re-entrantly from inside the pool's dispatch loop: report it next turn.
+            self.host.loop.call_soon(self._fail_unsent, task, exc)
+            return
+        if channel is None or channel.transport is None:
+            self.host.loop.call_soon(self._fail_unsent, task, _wire.WireError("worker channel closed"))
+            return
+        self._calls[task.id] = task
+        channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop))
+
+    def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
+        if isinstance(exc, _wire.WireError):
+            self.host.task_returned(self, task)  # the worker is going away: requeue
+        else:
+            self.host.task_finished(self, task, False, exc)
+        self.host.batch_done()
+
+    def cancel(self, task: Task[Any]) -> CancelResult:
+        if task.id not in self._calls:
+            return CancelResult.STOPPING  # already answered, or never sent
+        if self.current is task and not _is_async(task.fn):
+            # A running sync call cannot be interrupted: the worker must go.
+            return CancelResult.UNSTOPPABLE
+        self._write(_wire.Cancel(task.id))
+        if self.current is task:
+            self._timers[task.id] = self.host.loop.call_later(CANCEL_GRACE, self._cancel_overdue, task.id)
+        return CancelResult.STOPPING
+
+    def _cancel_overdue(self, call_id: int) -> None:
+        self._timers.pop(call_id, None)
+        if call_id in self._calls:
+            self.host.worker_log(self, "stderr", f"taskpool: call {call_id} ignored cancellation; killing worker")
+            self._retired = True
+            self.kill()
+
+    def reclaim(self, task: Task[Any]) -> bool:
+        # Work stealing: ask the child to hand back an unstarted call. It answers
+        # "cancelled" (we requeue it for an idle worker) or starts it anyway (it runs
+        # here); either way the answer is asynchronous, so nothing moves now.
+        if task.id in self._calls and self.current is not task and task.id not in self._returning:
+            self._returning.add(task.id)
+            self._write(_wire.Cancel(task.id, queued_only=True))
+        return False
+
+    def _write(self, msg: _wire.Call | _wire.Cancel | _wire.Shutdown) -> None:
+        channel = self._channel
+        if channel is not None and channel.transport is not None:
+            channel.send(msg)
+
+    def stop(self) -> None:
+        self._stopping = True
+        # The child finishes its running call and answers the queued ones as cancelled:
+        # those we hand back to the pool unstarted (see _on_message).
+        self._returning.update(cid for cid, t in self._calls.items() if t is not self.current)
+        self._write(_wire.Shutdown())
+        self.host.loop.call_later(STOP_GRACE + CANCEL_GRACE, self._stop_overdue)
+
+    def _stop_overdue(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None and self._calls:
+            return  # still finishing a call it was allowed to finish
+        self.terminate()
+
+    def terminate(self) -> None:
+        """Ask the worker process to exit (SIGTERM)."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+
+    def kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    def abandon(self) -> None:
+        self._retired = True
+        self.kill()
+
+    def memory(self) -> int | None:
+        pid = self._pid
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            try:
+                import psutil
+            except ImportError:
+                return None
+            try:
+                return int(psutil.Process(pid).memory_info().rss)
+            except Exception:
+                return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _fn_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn)
