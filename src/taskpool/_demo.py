@@ -1,31 +1,24 @@
 """``taskpool demo``: the seed examples, run with live status.
 
-Each scenario is an async function taking a :class:`Console` and the worker kind; the
-console prints the scenario's own lines and keeps a live status display (a progress bar
-on a terminal, plain lines otherwise) fed by the pool's event bus.
+The scenarios live in :mod:`taskpool.examples` (runnable on their own); each takes a
+printer, the worker kind and a pool watcher. The demo passes a :class:`Console` that
+prints the scenario's lines and keeps a live status display fed by each pool's event
+bus: a progress bar on a terminal, plain status lines otherwise.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 import anyio
 
 from ._pool import FunctionPool
-from ._task import Task
 from ._types import StatusType, TaskEvent
-from .examples import math
 
 __all__ = ["SCENARIOS", "Console", "run_demo"]
-
-
-def summary(value: Any) -> Any:
-    """What the seed prints for a result: a list's length, else the value."""
-    return len(value) if isinstance(value, list) else value
 
 
 class Console:
@@ -92,35 +85,21 @@ async def watch(pool: FunctionPool, console: Console) -> None:
     console.finish()
 
 
-async def pool_tasks(console: Console, worker: str) -> None:
-    """The seed's four calls as the pool's own tasks, on ``worker`` workers."""
-    start = time.perf_counter()
-    pool = FunctionPool(pool_size=4 if worker != "inline" else 4, worker=worker, name="demo")
-
-    def on_first(result: Any, task: Task[Any]) -> None:
-        console.print(f"Finished First: {task.meta} = {summary(result)}\n")
-
-    def on_each(result: Any, task: Task[Any]) -> None:
-        console.print(task.meta, summary(result))
-
-    def on_done(tasks: list[Task[Any]]) -> None:
-        console.print("\nDONE!", pool.status("completed", StatusType.COUNT))
-        console.print(f"\n\nScript runtime: {time.perf_counter() - start:.3f} sec")
-
-    pool.race(on_first).then(on_each).all_settled(on_done)
-    async with anyio.create_task_group() as tg, pool:
-        tg.start_soon(watch, pool, console)
-        pool.add_task(math.fib, 32, meta="fib(32)")
-        pool.add_task(math.find_primes_up_to, 17_000_000, meta="find_primes_up_to(17000000)")
-        pool.add_task(math.tribonacci, 27, meta="tribonacci(27)")
-        pool.add_task(math.estimate_pi, 25, meta="estimate_pi(25)")
+Scenario = Callable[..., Awaitable[Any]]
 
 
-Scenario = Callable[[Console, str], Awaitable[None]]
+def _scenarios() -> dict[str, tuple[str, Scenario]]:
+    from .examples import basic_workers, process_pool, shared_workers, stateful_chaining
 
-SCENARIOS: dict[str, tuple[str, Scenario]] = {
-    "pool": ("The pool's own tasks on the chosen worker kind", pool_tasks),
-}
+    return {
+        "basic": ("Basic Independent Workers", basic_workers.run),
+        "shared": ("Shared Worker Instances", shared_workers.run),
+        "chaining": ("Stateful Worker Chaining", stateful_chaining.run),
+        "tasks": ("The pool's own tasks on workers", process_pool.run),
+    }
+
+
+SCENARIOS: dict[str, tuple[str, Scenario]] = _scenarios()
 
 
 def run_demo(names: list[str], *, worker: str, progress: str) -> int:
@@ -128,12 +107,17 @@ def run_demo(names: list[str], *, worker: str, progress: str) -> int:
     console = Console(progress)
 
     async def _main() -> None:
-        for i, name in enumerate(names):
-            title, scenario = SCENARIOS[name]
-            if i:
-                console.print()
-            console.print(f"=== {title} ({name}, worker={worker}) ===\n")
-            await scenario(console, worker)
+        async with anyio.create_task_group() as tg:
+
+            def watch_pool(pool: FunctionPool) -> None:
+                tg.start_soon(watch, pool, console)
+
+            for i, name in enumerate(names):
+                title, scenario = SCENARIOS[name]
+                if i:
+                    console.print()
+                console.print(f"=== {title} ({name}, worker={worker}) ===\n")
+                await scenario(console.print, worker, watch_pool)
 
     from ._workers._thread import new_event_loop
 
