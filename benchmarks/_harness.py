@@ -48,7 +48,7 @@ Better = Literal["higher", "lower"]
 _HELPER_MARKERS = ("resource_tracker", "semaphore_tracker", "forkserver")
 
 
-class NotApplicable(Exception):  # noqa: N818 - it is a verdict, not an error
+class NotApplicable(Exception):
     """Raised by a child benchmark when the workload does not apply to the peer."""
 
 
@@ -90,9 +90,7 @@ def percentiles(values: Sequence[float], ps: Iterable[float] = (50, 90, 99)) -> 
     return {f"p{p:g}": percentile(values, p) for p in ps}
 
 
-def time_sync(
-    fn: Callable[[], object], *, repeat: int, warmup: int = 1, budget: float | None = None
-) -> Stats:
+def time_sync(fn: Callable[[], object], *, repeat: int, warmup: int = 1, budget: float | None = None) -> Stats:
     """Run ``fn`` ``warmup`` times untimed, then up to ``repeat`` times timed.
 
     With ``budget`` (seconds), stop repeating once the timed runs used it up
@@ -161,13 +159,27 @@ def fmt_mibps(mib_per_second: float) -> str:
 
 
 def fmt_times(x: float) -> str:
-    return f"{x:,.2f}×"
+    return f"{x:,.2f}x"
 
 
 def fmt_plain(x: object) -> str:
     if isinstance(x, float):
         return f"{x:,.3g}"
     return str(x)
+
+
+def fmt_auto(key: str, value: object) -> str:
+    """Format ``value`` by the naming convention of its key (``*_per_s``, ``*_s``, ``p99``)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if key.endswith("_per_s"):
+            return fmt_rate(value)
+        if key.endswith(("_s", "_seconds")) or (key[:1] == "p" and key[1:].isdigit()):
+            return fmt_seconds(value)
+        if key.endswith("_us"):
+            return fmt_seconds(value / 1e6)
+        if key.endswith("_ms"):
+            return fmt_seconds(value / 1e3)
+    return fmt_plain(value)
 
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
@@ -254,8 +266,8 @@ class Section:
     def to_markdown(self) -> str:
         headers = ["peer", *(c.label for c in self.columns)]
         if self.ratio_key is not None and self.subject is not None:
-            better = "more" if self.ratio_better == "higher" else "less"
-            headers.append(f"{self.subject} ÷ peer ({better} {self.ratio_key} is better)")
+            on = next((c.label for c in self.columns if c.key == self.ratio_key), self.ratio_key)
+            headers.append(f"taskpool vs peer, on {on} (>1: taskpool better)")
         headers.append("status / notes")
         lines = [f"### {self.title}", "", self.description, ""]
         lines.append("| " + " | ".join(headers) + " |")
@@ -282,9 +294,7 @@ class Section:
             "ratio_better": self.ratio_better,
             "subject": self.subject,
             "targets": self.targets,
-            "rows": [
-                {**r.to_json(), "ratio": self.ratio(r)} for r in self.rows
-            ],
+            "rows": [{**r.to_json(), "ratio": self.ratio(r)} for r in self.rows],
             "notes": self.notes,
         }
 
@@ -347,17 +357,14 @@ class Options:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes: a CI smoke run finishing in seconds"
-    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a CI smoke run finishing in seconds")
     parser.add_argument(
         "--json",
         dest="json_path",
         nargs="?",
         const="-",
         metavar="PATH",
-        help="also write the results as JSON to PATH ('-' or no PATH: JSON on stdout instead "
-        "of markdown)",
+        help="also write the results as JSON to PATH ('-' or no PATH: JSON on stdout instead of markdown)",
     )
     parser.add_argument(
         "--loop",
@@ -372,9 +379,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds one (workload, peer) child may take before it is reported as 'hang'",
     )
     parser.add_argument("--peers", type=_csv, default=None, help="comma-separated peer names")
-    parser.add_argument(
-        "--workloads", type=_csv, default=None, help="comma-separated workload names"
-    )
+    parser.add_argument("--workloads", type=_csv, default=None, help="comma-separated workload names")
+
+
+def check_names(opts: Options, *, peers: Iterable[str], workloads: Iterable[str]) -> None:
+    """Exit with a usage error when ``--peers`` or ``--workloads`` names something unknown."""
+    for kind, chosen, known in (("peer", opts.peers, set(peers)), ("workload", opts.workloads, set(workloads))):
+        unknown = sorted(set(chosen or ()) - known)
+        if unknown:
+            raise SystemExit(f"unknown {kind}(s): {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
 
 
 def _csv(text: str) -> list[str]:
@@ -390,6 +403,18 @@ def options_from(ns: argparse.Namespace) -> Options:
         peers=ns.peers,
         workloads=ns.workloads,
     )
+
+
+def describe_params(params: Mapping[str, Any]) -> str:
+    """``"Parameters: n=20,000, repeat=3."`` for the sizes of a workload."""
+    parts = [f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in params.items()]
+    return f"Parameters: {', '.join(parts)}."
+
+
+def leftover_line() -> str:
+    """The closing check of a run: no child process of ours may be left."""
+    left = leftover_children(include_helpers=True)
+    return f"Child processes left at the end: {left or 'none'}."
 
 
 def progress(message: str) -> None:
@@ -435,9 +460,7 @@ class ChildResult:
         return "; ".join(parts)
 
 
-def run_in_child(
-    target: str, params: Mapping[str, Any], *, loop: str, timeout: float
-) -> ChildResult:
+def run_in_child(target: str, params: Mapping[str, Any], *, loop: str, timeout: float) -> ChildResult:
     """Run ``async def target(params) -> dict`` in a fresh interpreter, within ``timeout``.
 
     ``target`` is ``"package.module:function"``. The child runs in a session of its
@@ -598,11 +621,7 @@ class TaskpoolProbe:
         return f"taskpool not importable: {self.error}"
 
 
-_PROBE = (
-    "import taskpool\n"
-    "from taskpool import FunctionPool\n"
-    "print(getattr(taskpool, '__version__', 'checkout'))\n"
-)
+_PROBE = "import taskpool\nfrom taskpool import FunctionPool\nprint(getattr(taskpool, '__version__', 'checkout'))\n"
 
 
 def probe_taskpool(timeout: float = 60.0) -> TaskpoolProbe:

@@ -27,7 +27,7 @@ from benchmarks._harness import NotApplicable, leftover_children
 
 def run_on_loop(coro: Coroutine[Any, Any, dict[str, Any]], loop: str) -> dict[str, Any]:
     if loop == "uvloop":
-        import uvloop
+        import uvloop  # noqa: PLC0415 - only when asked for
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(coro)
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         result = {"status": "ok", "data": data}
     except NotApplicable as exc:
         result = {"status": "n/a", "detail": str(exc)}
-    except BaseException as exc:  # noqa: BLE001 - every failure is a result to report
+    except BaseException as exc:  # every failure is a result to report
         traceback.print_exc()
         result = {"status": "error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
     # The peer was shut down (and the loop closed): its workers must be gone by now.

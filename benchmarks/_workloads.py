@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def noop(*_args: object) -> None:
@@ -89,7 +91,7 @@ async def barrier_pid_async(directory: str, parties: int, timeout: float) -> int
 
 
 #: plain function -> its coroutine twin
-ASYNC_TWIN = {
+ASYNC_TWIN: dict[Callable[..., Any], Callable[..., Any]] = {
     noop: noop_async,
     getpid: getpid_async,
     fib: fib_async,
