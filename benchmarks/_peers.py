@@ -80,7 +80,7 @@ class TaskpoolPeer(Peer):
 
     async def start(self) -> None:
         taskpool = importlib.import_module("taskpool")
-        self.pool = taskpool.FunctionPool(pool_size=self.workers, worker=self.kind)
+        self.pool = taskpool.FunctionPool(pool_size=self.workers, worker=self.kind, **self.options)
         await self.pool.start()
 
     async def call(self, fn: TaskFn, *args: Any) -> Any:

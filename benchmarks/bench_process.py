@@ -403,7 +403,8 @@ WORKLOADS: list[Workload] = [
         coroutines_only=True,
         notes=[
             "Only taskpool and aiomultiprocess accept coroutine functions as tasks; "
-            "aiomultiprocess runs up to 16 at once per worker (childconcurrency default).",
+            "aiomultiprocess runs up to 16 at once per worker (childconcurrency default); "
+            "taskpool runs with FunctionPool(concurrency=16), the same 16 per worker.",
         ],
     ),
 ]
@@ -433,6 +434,9 @@ def _measure(workload: Workload, peer_name: str, opts: h.Options, probe: h.Taskp
     params.update(workload=workload.key, peer=peer_name, workers=workload.workers)
     if peer_name == "aiomultiprocess" and workload.key == "cold":
         params["options"] = {"childconcurrency": 1}
+    if peer_name == "taskpool" and workload.key == "coroutines":
+        # Like aiomultiprocess's default childconcurrency=16: 16 coroutines per worker.
+        params["options"] = {"concurrency": 16}
     timeout = opts.timeout or (workload.timeout / (2 if opts.quick else 1))
     repeats = params["repeat"] if workload.fresh_per_repeat else 1
     runs: list[dict[str, Any]] = []

@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
 import io
 import json
@@ -120,6 +121,7 @@ def child_command(
     parent_pid: int | None = None,
     loop: str = "auto",
     executable: str | None = None,
+    concurrency: int = 1,
 ) -> list[str]:
     """The argv that starts a worker serving on inherited fd ``fd``.
 
@@ -139,6 +141,8 @@ def child_command(
         str(os.getpid() if parent_pid is None else parent_pid),
         "--loop",
         loop,
+        "--concurrency",
+        str(concurrency),
     ]
 
 
@@ -158,6 +162,7 @@ async def spawn_child(
     loop: str = "auto",
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
+    concurrency: int = 1,
 ) -> tuple[asyncio.subprocess.Process, P]:
     """Start a worker and connect ``protocol_factory()`` to its channel.
 
@@ -168,7 +173,7 @@ async def spawn_child(
     parent_sock, child_sock = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *child_command(child_sock.fileno(), loop=loop),
+            *child_command(child_sock.fileno(), loop=loop, concurrency=concurrency),
             pass_fds=(child_sock.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
@@ -206,8 +211,11 @@ def child_publish(topic: str, data: Any = None) -> None:
     Non-blocking; callable from sync code (written at once, even while a long sync call
     keeps the loop busy) and async code on the worker's main thread, and from other
     threads (queued to the loop). Raises SerializationError when ``data`` cannot be sent
-    and RuntimeError outside a worker process.
+    TypeError when ``topic`` is not a ``str``, RuntimeError outside a worker process.
     """
+    # Checked here: a frame the parent cannot decode would break the whole channel.
+    if type(topic) is not str:
+        raise TypeError(f"publish() topic must be str, got {type(topic).__name__}")
     w = _worker
     if w is None:
         raise RuntimeError("child_publish() called outside a taskpool worker process")
@@ -221,12 +229,13 @@ class _FnSlot:
     """A function definition received once, loaded on first use (so an import error
     fails the call that needs it, and later calls the same way)."""
 
-    __slots__ = ("define", "error", "fn", "is_async")
+    __slots__ = ("define", "error", "fn", "is_async", "tb")
 
     def __init__(self, define: FnDef | None, error: BaseException | None = None) -> None:
         self.define = define
         self.fn: Callable[..., Any] | None = None
         self.error = error
+        self.tb = None if error is None else error.__traceback__
         self.is_async = False
 
     def resolve(self) -> Callable[..., Any]:
@@ -240,8 +249,9 @@ class _FnSlot:
                 self.define = None
                 return self.fn
             except BaseException as exc:
-                self.error = exc
-        raise self.error.with_traceback(self.error.__traceback__)
+                self.error, self.tb = exc, exc.__traceback__
+        # Each raise adds a frame to __traceback__: start from the original every time.
+        raise self.error.with_traceback(self.tb)
 
 
 class _Job:
@@ -255,11 +265,14 @@ class _Job:
 class Worker(FrameProtocol[ToChild]):
     """The child's end of the channel: queues and runs calls, answers, publishes."""
 
-    def __init__(self) -> None:
+    def __init__(self, concurrency: int = 1) -> None:
         super().__init__(child_parser())
         self.queue: deque[_Job] = deque()
-        self.current: _Job | None = None
-        self.task: asyncio.Task[Any] | None = None
+        # Async calls running at once (at most ``concurrency``): id -> (job, task). A sync
+        # call runs to its end inside _run, blocking the loop, so it never stays here.
+        self.limit = concurrency
+        self.running: dict[int, tuple[_Job, asyncio.Task[Any]]] = {}
+        self.current: _Job | None = None  # the sync call running now, if any
         self.fns: dict[int, _FnSlot] = {}
         self.module: types.ModuleType | None = None
         self.in_sync = False  # a sync call is running: the loop is blocked
@@ -273,7 +286,7 @@ class Worker(FrameProtocol[ToChild]):
         then run what is queued."""
         for msg in self.parser.buffer_updated(nbytes):
             self.message_received(msg)
-        if self.current is None and self.queue:
+        if self.queue and len(self.running) < self.limit:
             self._pump()
 
     def message_received(self, msg: ToChild) -> None:
@@ -297,8 +310,8 @@ class Worker(FrameProtocol[ToChild]):
         """The parent closed the channel (or died): stop everything."""
         self.lost = True
         self.queue.clear()
-        if self.task is not None:
-            self.task.cancel()
+        for _, task in self.running.values():
+            task.cancel()
         super().connection_lost(exc)
 
     def _slot(self, msg: Call) -> _FnSlot:
@@ -313,10 +326,10 @@ class Worker(FrameProtocol[ToChild]):
         return found
 
     def _cancel(self, call_id: int, queued_only: bool = False) -> None:
-        cur = self.current
-        if cur is not None and cur.msg.id == call_id:
-            if self.task is not None and not queued_only:
-                self.task.cancel()  # answered from _task_done once it has stopped
+        running = self.running.get(call_id)
+        if running is not None:
+            if not queued_only:
+                running[1].cancel()  # answered from _task_done once it has stopped
             return
         for job in self.queue:
             if job.msg.id == call_id:
@@ -329,7 +342,7 @@ class Worker(FrameProtocol[ToChild]):
         self.stopping = True
         while self.queue:
             self._send_cancelled(self.queue.popleft().msg.id, "the worker is shutting down")
-        if self.current is None:
+        if not self.running:
             self._close()
 
     def _close(self) -> None:
@@ -339,9 +352,9 @@ class Worker(FrameProtocol[ToChild]):
 
     # -- running
     def _pump(self) -> None:
-        while self.current is None and self.queue and not self.lost:
+        while len(self.running) < self.limit and self.queue and not self.lost:
             self._run(self.queue.popleft())
-        if self.stopping and self.current is None:
+        if self.stopping and not self.running:
             self._close()
 
     def _run(self, job: _Job) -> None:
@@ -385,8 +398,10 @@ class Worker(FrameProtocol[ToChild]):
             if inspect.isawaitable(res):
                 assert loop is not None
                 # Created under _current_call = cid: the task's context keeps it.
-                self.task = loop.create_task(_await(res))
-                self.task.add_done_callback(self._task_done)
+                task = loop.create_task(_await(res))
+                self.running[cid] = (job, task)
+                self.current = None
+                task.add_done_callback(functools.partial(self._task_done, cid))
                 return
         except BaseException as exc:
             self.current = None
@@ -397,11 +412,9 @@ class Worker(FrameProtocol[ToChild]):
         self.current = None
         self._send_result(cid, res)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        job, self.current, self.task = self.current, None, None
-        if job is None or self.lost:
+    def _task_done(self, cid: int, task: asyncio.Task[Any]) -> None:
+        if self.running.pop(cid, None) is None or self.lost:
             return
-        cid = job.msg.id
         if task.cancelled():
             self._send_cancelled(cid)
         else:
@@ -555,10 +568,10 @@ def _loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], b
     return asyncio.new_event_loop, False
 
 
-async def _serve(sock: socket.socket, uses_uvloop: bool) -> int:
+async def _serve(sock: socket.socket, uses_uvloop: bool, concurrency: int = 1) -> int:
     global _worker
     loop = asyncio.get_running_loop()
-    worker = Worker()
+    worker = Worker(concurrency)
     _worker = worker
     await loop.connect_accepted_socket(lambda: worker, sock)
     worker.send(Hello(os.getpid(), platform.python_version(), uses_uvloop))
@@ -567,13 +580,16 @@ async def _serve(sock: socket.socket, uses_uvloop: bool) -> int:
     return 0
 
 
+_CLEANUP_GRACE = 2.0  # seconds for leftover tasks to handle their cancellation
+
+
 def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for t in tasks:
         t.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())
+    if tasks:  # bounded: a task that ignores cancellation must not keep us alive
+        loop.run_until_complete(asyncio.wait(tasks, timeout=_CLEANUP_GRACE))
+    loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), _CLEANUP_GRACE))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -582,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--ppid", type=int, default=0)
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.ppid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -594,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     asyncio.set_event_loop(loop)
     code = 1
     try:
-        code = loop.run_until_complete(_serve(sock, uses_uvloop))
+        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency)))
         _cancel_leftovers(loop)
     finally:
         _exit(code)

@@ -147,6 +147,9 @@ class FunctionPool:
         log_dir: also write each worker's stdout/stderr to a file of its own there.
         keep_records: completed :class:`TaskRecord` s kept for ``status(..., RAW)``.
         name: the pool's name in logs, events and snapshots.
+        concurrency: how many tasks each worker runs at once (default 1). Above 1,
+            coroutine tasks interleave on the worker's event loop (I/O-bound work);
+            a plain function still holds its worker's loop while it runs.
 
     Raises:
         ValueError: an argument is out of range (the message names it and what is accepted).
@@ -166,6 +169,7 @@ class FunctionPool:
         log_dir: str | os.PathLike[str] | None = None,
         keep_records: int = 10_000,
         name: str | None = None,
+        concurrency: int = 1,
     ) -> None:
         if pool_size is None:
             pool_size = default_pool_size()
@@ -201,7 +205,10 @@ class FunctionPool:
         self.log_dir: str | None = os.fspath(log_dir) if log_dir is not None else None
         self.events: EventBus = EventBus(source=self.name)
         self._log = structlog.get_logger("taskpool").bind(pool=self.name)
-        self._spec = WorkerSpec(pool_name=self.name, log_dir=self.log_dir, max_memory=self._max_memory)
+        self.concurrency: int = _check_count("concurrency", concurrency) or 1
+        self._spec = WorkerSpec(
+            pool_name=self.name, log_dir=self.log_dir, max_memory=self._max_memory, concurrency=self.concurrency
+        )
         self._sched = Scheduler(max_queue=self._max_queue, keep_records=keep_records)
         # Set by persistent workers and services, which run on a private pool of their
         # own: unique worker ids, a role for dashboards, worker events on the parent's bus.
@@ -210,7 +217,9 @@ class FunctionPool:
         self._role = "pool"
         self._worker_buses: list[EventBus] = [self.events]
         for i in range(pool_size):
-            self._sched.add_slot(Slot(i, self._backend.window, adaptive=self._backend.adaptive_window))
+            self._sched.add_slot(
+                Slot(i, self._backend.window, adaptive=self._backend.adaptive_window, concurrency=self.concurrency)
+            )
         self._ids = itertools.count(1)
         self._state = "new"
         self._broken: PoolBroken | None = None
@@ -345,6 +354,8 @@ class FunctionPool:
             worker = self._backend(self, slot.id, self._spec)
             slot.worker = worker
             slot.worker_tasks = 0
+            # With recycling, a worker is handed no more tasks than it may run.
+            slot.budget = self._max_tasks
             slot.state = "starting"
 
             def on_ready(worker: Worker = worker) -> None:
@@ -366,7 +377,10 @@ class FunctionPool:
                 exit = WorkerExit(failed=False, reason="recycled")
             self._worker_ended(slot, worker, exit)
             stopping = self._state not in ("running",) or self._stop_event_set()
-            if stopping and not (exit.reason in ("retired", "recycled") and self._state == "closing"):
+            # While closing drains, a retired or recycled worker is replaced (work may still
+            # be queued); once the workers are being stopped, a new one would never be.
+            replace = exit.reason in ("retired", "recycled") and self._state == "closing"
+            if stopping and not (replace and not self._stop_event_set()):
                 slot.state = "exited"
                 return
             if exit.reason in ("retired", "recycled"):
@@ -933,7 +947,7 @@ class FunctionPool:
         """A worker handed ``task`` back unstarted (WorkerHost)."""
         slot = task.wslot
         if slot is not None:
-            self._sched.release(slot, task)
+            self._sched.release(slot, task, unstarted=True)
         self._sched.requeue(task)
 
     def batch_done(self) -> None:
@@ -1052,7 +1066,7 @@ class FunctionPool:
         if slot is not None and slot.worker is not None:
             outcome = slot.worker.cancel(task)
             if outcome is CancelResult.REMOVED:
-                self._sched.release(slot, task)
+                self._sched.release(slot, task, unstarted=True)
             elif outcome is CancelResult.UNSTOPPABLE:
                 self._retire(slot, "task could not be stopped")
         self._settle(task, _CANCELLED if isinstance(exc, TaskCancelled) else _FAILED, None, exc)

@@ -60,18 +60,22 @@ class Slot:
         "tasks_done",
         "busy_ewma",
         "max_window",
+        "min_window",
         "window",
         "worker",
         "worker_tasks",
+        "budget",
     )
 
-    def __init__(self, slot_id: int, window: int, *, adaptive: bool = False) -> None:
+    def __init__(self, slot_id: int, window: int, *, adaptive: bool = False, concurrency: int = 1) -> None:
         self.id = slot_id
-        # An adaptive slot starts at 1 and opens up to max_window while its calls are
-        # short (see Scheduler.observe): prefetching only pays when the round trip is a
-        # large part of a call, and a call queued behind a long one just waits.
-        self.max_window = window
-        self.window = 1 if adaptive else window
+        # A worker runs up to `concurrency` tasks at once, plus window - 1 prefetched.
+        # An adaptive slot starts without prefetch and opens up to max_window while its
+        # calls are short (see Scheduler.observe): prefetching only pays when the round
+        # trip is a large part of a call, and a call queued behind a long one just waits.
+        self.min_window = concurrency
+        self.max_window = window + concurrency - 1
+        self.window = concurrency if adaptive else self.max_window
         self.busy_ewma = 0.0 if adaptive else -1.0  # -1: a fixed window
         self.worker: Worker | None = None
         self.inflight: list[Task[Any]] = []
@@ -81,6 +85,7 @@ class Slot:
         self.restarts = 0
         self.tasks_done = 0  # over the slot's life
         self.worker_tasks = 0  # by the current worker (for recycling)
+        self.budget: int | None = None  # tasks the current worker may still be handed
 
     def current(self) -> Task[Any] | None:
         """The task the worker is running, if any."""
@@ -168,19 +173,24 @@ class Scheduler:
         if slot.busy_ewma < 0:
             return
         slot.busy_ewma = ewma = 0.7 * slot.busy_ewma + 0.3 * duration
-        want = slot.max_window if ewma < LONG_CALL else 1
+        want = slot.max_window if ewma < LONG_CALL else slot.min_window
         if want != slot.window:
             if slot.accepting:
                 self.free += want - slot.window
             slot.window = want
 
-    def release(self, slot: Slot, task: Task[Any]) -> None:
-        """The slot's worker is done with ``task`` (reported back or never to be)."""
+    def release(self, slot: Slot, task: Task[Any], *, unstarted: bool = False) -> None:
+        """The slot's worker is done with ``task`` (reported back or never to be).
+
+        ``unstarted``: the worker gave it back without running it (its budget returns).
+        """
         try:
             slot.inflight.remove(task)
         except ValueError:
             return
         task.wslot = None
+        if unstarted and slot.budget is not None:
+            slot.budget += 1
         if slot.accepting:
             self.free += 1
         if not slot.inflight:
@@ -220,7 +230,7 @@ class Scheduler:
         while self.free > 0 and queue:
             best: Slot | None = None
             for s in self.slots:
-                if s.accepting and len(s.inflight) < s.window:
+                if s.accepting and len(s.inflight) < s.window and s.budget != 0:
                     if best is None or len(s.inflight) < len(best.inflight):
                         best = s
                         if not s.inflight:
@@ -235,6 +245,8 @@ class Scheduler:
             best.state = "busy"
             task.wslot = best
             self.free -= 1
+            if best.budget is not None:
+                best.budget -= 1
             yield best, task
 
     def steal_candidates(self) -> Iterator[tuple[Slot, Task[Any], Slot]]:
@@ -245,7 +257,7 @@ class Scheduler:
         """
         if self.queue:
             return
-        idle = [s for s in self.slots if s.accepting and not s.inflight]
+        idle = [s for s in self.slots if s.accepting and not s.inflight and s.budget != 0]
         if not idle:
             return
         for s in self.slots:
@@ -263,6 +275,10 @@ class Scheduler:
         dst.state = "busy"
         task.wslot = dst
         self.free -= 1
+        if src.budget is not None:
+            src.budget += 1
+        if dst.budget is not None:
+            dst.budget -= 1
 
     # --- tasks ---------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     pool_name: str
     log_dir: str | None = None
     max_memory: int | None = None
+    concurrency: int = 1  # tasks one worker runs at once (coroutines interleave)
 
 
 class WorkerHost(Protocol):

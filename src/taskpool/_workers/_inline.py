@@ -1,6 +1,6 @@
 """Inline workers: tasks run on the pool's own event loop, ``pool_size`` at a time.
 
-Each worker is a runner coroutine in the pool's task group that awaits its tasks'
+Each worker is a runner coroutine (``concurrency`` of them) in the pool's task group that awaits its tasks'
 coroutines directly (no ``asyncio.Task`` per task). Plain functions are called inline,
 so they block the loop while they run: keep them short, or use threads.
 """
@@ -34,30 +34,42 @@ class InlineWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._inbox: collections.deque[Task[Any]] = collections.deque()
-        self._wake: asyncio.Future[None] | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scopes: dict[Task[Any], anyio.CancelScope] = {}  # running task -> its scope
         self._stopping = False
         self._killed = False
 
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
+        on_ready()
+        if self.spec.concurrency == 1:
+            await self._runner()
+        else:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.spec.concurrency):
+                    tg.start_soon(self._runner)
+        return WorkerExit(failed=False, reason="killed" if self._killed else "stopped")
+
+    async def _runner(self) -> None:
         host = self.host
         loop = host.loop
         ctx = TaskContext(self._publish, self.id, owner=host)
         current.set(ctx)
         inbox = self._inbox
-        on_ready()
+        scopes = self._scopes
         while True:
             if not inbox:
                 if self._stopping or self._killed:
-                    break
-                self._wake = loop.create_future()
+                    return
+                wake = loop.create_future()
+                self._waiters.append(wake)
                 try:
-                    await self._wake
+                    await wake
                 finally:
-                    self._wake = None
+                    if not wake.done():
+                        self._waiters.remove(wake)
                 continue
             if self._killed:
-                break
+                return
             task = inbox.popleft()
             self.current = task
             ctx.task_id = task.id
@@ -65,7 +77,7 @@ class InlineWorker(Worker):
             ok = False
             value: Any = None
             with anyio.CancelScope() as scope:
-                self._scope = scope
+                scopes[task] = scope
                 try:
                     value = task.fn(*task.args)
                     if type(value) is types.CoroutineType or hasattr(value, "__await__"):
@@ -73,30 +85,30 @@ class InlineWorker(Worker):
                     ok = True
                 except Exception as exc:
                     value = exc
-            self._scope = None
+            del scopes[task]
             self.current = None
             ctx.task_id = None
             self.tasks_done += 1
             host.task_finished(self, task, ok, value)
             host.batch_done()
-        return WorkerExit(failed=False, reason="killed" if self._killed else "stopped")
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
         self.host.worker_publish(self, topic, data, task_id)
 
     def _poke(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._waiters:
+            wake = self._waiters.pop()
+            if not wake.done():
+                wake.set_result(None)
 
     def send(self, task: Task[Any]) -> None:
         self._inbox.append(task)
         self._poke()
 
     def cancel(self, task: Task[Any]) -> CancelResult:
-        if self.current is task:
-            if self._scope is not None:
-                self._scope.cancel()
+        scope = self._scopes.get(task)
+        if scope is not None:
+            scope.cancel()
             return CancelResult.STOPPING
         try:
             self._inbox.remove(task)
@@ -113,10 +125,16 @@ class InlineWorker(Worker):
 
     def stop(self) -> None:
         self._stopping = True
-        self._poke()
+        self._wake_all()
 
     def kill(self) -> None:
         self._killed = True
-        if self._scope is not None:
-            self._scope.cancel()
-        self._poke()
+        for scope in self._scopes.values():
+            scope.cancel()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            if not wake.done():
+                wake.set_result(None)

@@ -86,6 +86,7 @@ class ProcessWorker(Worker):
         self._table = _wire.FunctionTable()
         self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
         self._returning: set[int] = set()  # cancelled only to be handed back unstarted
+        self._running: set[int] = set()  # started, not yet answered
         self._hello: asyncio.Future[_wire.Hello] | None = None
         self._stopping = False
         self._retired = False
@@ -102,7 +103,7 @@ class ProcessWorker(Worker):
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         loop = self.host.loop
         self._hello = loop.create_future()
-        proc, channel = await spawn_child(functools.partial(_Channel, self))
+        proc, channel = await spawn_child(functools.partial(_Channel, self), concurrency=self.spec.concurrency)
         self._proc, self._channel = proc, channel
         self._pid = proc.pid
         path = log_path(self.spec.log_dir, self.spec.pool_name, self.id)
@@ -195,6 +196,7 @@ class ProcessWorker(Worker):
             if task is not None:
                 self._returning.discard(msg.id)  # it began before Shutdown: it runs here
                 self.current = task
+                self._running.add(msg.id)
                 host.task_started(self, task)
         elif type(msg) is _wire.Error:
             task = self._calls.pop(msg.id, None)
@@ -219,6 +221,7 @@ class ProcessWorker(Worker):
                 self._hello.set_result(msg)
 
     def _answered(self, call_id: int) -> None:
+        self._running.discard(call_id)
         if self.current is not None and self.current.id == call_id:
             self.current = None
         h = self._timers.pop(call_id, None)
@@ -256,11 +259,12 @@ class ProcessWorker(Worker):
     def cancel(self, task: Task[Any]) -> CancelResult:
         if task.id not in self._calls:
             return CancelResult.STOPPING  # already answered, or never sent
-        if self.current is task and not _is_async(task.fn):
+        running = task.id in self._running
+        if running and not _is_async(task.fn):
             # A running sync call cannot be interrupted: the worker must go.
             return CancelResult.UNSTOPPABLE
         self._write(_wire.Cancel(task.id))
-        if self.current is task:
+        if running:
             self._timers[task.id] = self.host.loop.call_later(CANCEL_GRACE, self._cancel_overdue, task.id)
         return CancelResult.STOPPING
 
@@ -275,7 +279,7 @@ class ProcessWorker(Worker):
         # Work stealing: ask the child to hand back an unstarted call. It answers
         # "cancelled" (we requeue it for an idle worker) or starts it anyway (it runs
         # here); either way the answer is asynchronous, so nothing moves now.
-        if task.id in self._calls and self.current is not task and task.id not in self._returning:
+        if task.id in self._calls and task.id not in self._running and task.id not in self._returning:
             self._returning.add(task.id)
             self._write(_wire.Cancel(task.id, queued_only=True))
         return False
@@ -289,7 +293,7 @@ class ProcessWorker(Worker):
         self._stopping = True
         # The child finishes its running call and answers the queued ones as cancelled:
         # those we hand back to the pool unstarted (see _on_message).
-        self._returning.update(cid for cid, t in self._calls.items() if t is not self.current)
+        self._returning.update(cid for cid in self._calls if cid not in self._running)
         self._write(_wire.Shutdown())
         self.host.loop.call_later(STOP_GRACE + CANCEL_GRACE, self._stop_overdue)
 

@@ -62,9 +62,9 @@ class ThreadWorker(Worker):
         self._sleeping = False
         self._wloop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
-        self._serve_task: asyncio.Task[None] | None = None
-        self._cancelling: Task[Any] | None = None
-        self._in_sync_call = False
+        self._running: dict[Task[Any], asyncio.Task[None]] = {}  # task -> its runner
+        self._cancelling: set[Task[Any]] = set()
+        self._sync_task: Task[Any] | None = None  # in a plain call: cannot be interrupted
         self._thread: threading.Thread | None = None
         self._ended: asyncio.Future[WorkerExit] | None = None
         self._detached = False
@@ -156,7 +156,7 @@ class ThreadWorker(Worker):
             pass
         else:
             return CancelResult.REMOVED
-        if self._in_sync_call and self.current is task:
+        if self._sync_task is task:
             return CancelResult.UNSTOPPABLE
         wloop = self._wloop
         if wloop is not None:
@@ -182,8 +182,8 @@ class ThreadWorker(Worker):
         # A thread cannot be killed: drop what it has not started, cancel what runs.
         self._inbox.clear()
         self._inbox.append(_STOP)
-        if self.current is not None:
-            self.cancel(self.current)
+        for task in list(self._running):
+            self.cancel(task)
         self._poke()
 
     def abandon(self) -> None:
@@ -218,13 +218,31 @@ class ThreadWorker(Worker):
             pass
 
     async def _serve(self, ready: asyncio.Future[None]) -> None:
-        self._wake = wake = asyncio.Event()
-        self._serve_task = asyncio.current_task()
-        ctx = TaskContext(self._publish, self.id)
-        current.set(ctx)
+        self._wake = asyncio.Event()
         self.host.loop.call_soon_threadsafe(_set_if_pending, ready)
+        n = self.spec.concurrency
+        if n == 1:
+            await self._runner()
+            return
+        runners = [asyncio.ensure_future(self._runner()) for _ in range(n)]
+        try:
+            await asyncio.gather(*runners)
+        finally:
+            for r in runners:
+                r.cancel()
+
+    async def _runner(self) -> None:
+        """Run tasks from the inbox, one at a time (``concurrency`` runners share it)."""
+        wake = self._wake
+        assert wake is not None
+        me = asyncio.current_task()
+        assert me is not None
+        ctx = TaskContext(self._publish, self.id)
+        current.set(ctx)  # this runner's own context: each runner has its own task_id
         inbox = self._inbox
         post = self._post
+        running = self._running
+        cancelling = self._cancelling
         while True:
             if not inbox:
                 wake.clear()
@@ -236,37 +254,40 @@ class ThreadWorker(Worker):
                 continue
             task = inbox.popleft()
             if task is _STOP:
+                inbox.appendleft(_STOP)  # leave it for the other runners
+                wake.set()
                 return
             self.current = task
+            running[task] = me
             ctx.task_id = task.id
             post(_STARTED, task)
             try:
-                self._in_sync_call = True
+                self._sync_task = task
                 value = task.fn(*task.args)
-                self._in_sync_call = False
+                self._sync_task = None
                 if type(value) is types.CoroutineType or hasattr(value, "__await__"):
                     value = await value
                 ok = True
-            except asyncio.CancelledError as exc:
-                self._in_sync_call = False
-                me = self._serve_task
-                if self._cancelling is task and me is not None and me.uncancel() == 0:
+            except asyncio.CancelledError:
+                self._sync_task = None
+                if task in cancelling and me.uncancel() == 0:
                     ok, value = False, None  # we cancelled this task; the pool knows
                 else:
                     raise
-                del exc
             except Exception as exc:
-                self._in_sync_call = False
+                self._sync_task = None
                 ok, value = False, exc
-            self._cancelling = None
+            cancelling.discard(task)
+            del running[task]
             self.current = None
             ctx.task_id = None
             post(_DONE, task, ok, value)
 
     def _cancel_in_worker(self, task: Task[Any]) -> None:
-        if self.current is task and not self._in_sync_call and self._serve_task is not None:
-            self._cancelling = task
-            self._serve_task.cancel()
+        runner = self._running.get(task)
+        if runner is not None and self._sync_task is not task:
+            self._cancelling.add(task)
+            runner.cancel()
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
         self._post(_PUBLISH, topic, data, task_id)
