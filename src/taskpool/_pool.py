@@ -46,7 +46,16 @@ import anyio.abc
 import structlog
 
 from . import _context
-from ._errors import PoolBroken, PoolClosed, QueueFull, TaskCancelled, TaskTimeout, WorkerCrashed
+from ._errors import (
+    PoolBroken,
+    PoolClosed,
+    QueueFull,
+    RemoteTraceback,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from ._events import EventBus
 from ._restart import Backoff, RestartPolicy
 from ._scheduler import FIELDS, Scheduler, Slot
@@ -473,10 +482,6 @@ class FunctionPool:
         self._log.info("worker retired", worker_id=slot.id, reason=reason)
         if reason == "recycled":
             slot.state = "recycling"  # its clean stop is a recycle: _supervise replaces it
-            for task in reversed(slot.inflight[:]):  # prefetched work goes elsewhere: at most N tasks
-                if task._state is _QUEUED and worker.reclaim(task):
-                    self._sched.release(slot, task)
-                    self._sched.requeue(task)
             worker.stop()
         else:
             self._retired.append(worker)
@@ -941,6 +946,8 @@ class FunctionPool:
             else:
                 if not isinstance(value, BaseException):
                     value = TaskCancelled(f"task {task.id} was stopped")
+                elif not isinstance(value, Exception):
+                    value = _as_task_failed(value)
                 self._settle(task, _CANCELLED if isinstance(value, TaskCancelled) else _FAILED, None, value)
 
     def task_returned(self, worker: Worker, task: Task[Any]) -> None:
@@ -1045,11 +1052,12 @@ class FunctionPool:
         if sched.round_open:
             tasks = sched.close_round()
             assert tasks is not None
+            settled = sched.round_settled
             for cb in self._all_settled:
                 self._run_callback("all_settled", cb, (tasks,), None)
             if self.events.wants("pool.drained"):
                 self.events.emit(
-                    PoolEvent(topic="pool.drained", time=time.time(), pool=self.name, round=sched.round_no, settled=len(tasks))
+                    PoolEvent(topic="pool.drained", time=time.time(), pool=self.name, round=sched.round_no, settled=settled)
                 )
         if sched.drained:
             waiters, self._join_waiters = self._join_waiters, []
@@ -1149,10 +1157,8 @@ class FunctionPool:
     def has_available_worker(self) -> bool:
         """True when a task added now would start at once (an idle worker, nothing queued)."""
         sched = self._sched
-        if self._state not in ("new", "running") or sched.n_queued:
-            return False
-        if self._state == "new":
-            return True
+        if self._state != "running" or sched.n_queued:
+            return False  # a pool not started runs nothing at once
         return any(s.accepting and not s.inflight for s in sched.slots)
 
     has_available_thread = has_available_worker
@@ -1301,6 +1307,18 @@ class FunctionPool:
             f"<FunctionPool {self.name!r} {self.worker_kind}x{self.pool_size} {self._state} "
             f"queued={s.n_queued} active={s.n_active} completed={s.n_completed}>"
         )
+
+
+def _as_task_failed(exc: BaseException) -> TaskFailed:
+    """A task's SystemExit, KeyboardInterrupt or own CancelledError, made safe to re-raise.
+
+    Re-raising those in the awaiting code would stop the program or look like the
+    awaiter itself being cancelled; the process worker does the same (see _wire).
+    """
+    tb = "".join(traceback.format_exception(exc))
+    failed = TaskFailed(type(exc).__qualname__, str(exc), tb)
+    failed.__cause__ = RemoteTraceback(tb)
+    return failed
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

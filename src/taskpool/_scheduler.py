@@ -115,6 +115,7 @@ class Scheduler:
         self.round_no = 0
         self.round_open = False
         self.round_tasks: list[Task[Any]] = []
+        self.round_settled = 0  # tasks settled in the open round (kept even without the list)
         self.race_done = False
 
     # --- counts --------------------------------------------------------------------------
@@ -291,6 +292,7 @@ class Scheduler:
             self.round_open = True
             self.round_no += 1
             self.round_tasks = []
+            self.round_settled = 0
             self.race_done = False
             return True
         return False
@@ -319,6 +321,7 @@ class Scheduler:
         if self.keep_records:
             self.records.append(task.record)
         self.round_tasks.append(task)
+        self.round_settled += 1
         if not self.race_done:
             self.race_done = True
             return True

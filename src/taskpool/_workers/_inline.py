@@ -7,6 +7,7 @@ so they block the loop while they run: keep them short, or use threads.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import types
 from collections.abc import Callable
@@ -18,8 +19,6 @@ from .._context import TaskContext, current
 from ._base import CancelResult, Worker, WorkerExit
 
 if TYPE_CHECKING:
-    import asyncio
-
     from .._task import Task
 
 __all__ = ["InlineWorker"]
@@ -84,6 +83,16 @@ class InlineWorker(Worker):
                         value = await value
                     ok = True
                 except Exception as exc:
+                    value = exc
+                except BaseException as exc:
+                    # A real cancellation (ours or the pool's) comes with the runner being
+                    # cancelled; a CancelledError/SystemExit the task raised by itself is
+                    # just how that task failed.
+                    me = asyncio.current_task()
+                    if isinstance(exc, GeneratorExit) or (
+                        isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling()
+                    ):
+                        raise
                     value = exc
             del scopes[task]
             self.current = None

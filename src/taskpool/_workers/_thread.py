@@ -268,13 +268,17 @@ class ThreadWorker(Worker):
                 if type(value) is types.CoroutineType or hasattr(value, "__await__"):
                     value = await value
                 ok = True
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 self._sync_task = None
                 if task in cancelling and me.uncancel() == 0:
                     ok, value = False, None  # we cancelled this task; the pool knows
+                elif me.cancelling():
+                    raise  # the worker itself is being cancelled
                 else:
-                    raise
-            except Exception as exc:
+                    ok, value = False, exc  # the task raised CancelledError by itself
+            except GeneratorExit:
+                raise  # this runner's coroutine is being closed
+            except BaseException as exc:  # Exception, or SystemExit/KeyboardInterrupt from the task
                 self._sync_task = None
                 ok, value = False, exc
             cancelling.discard(task)

@@ -1,0 +1,187 @@
+"""Functions the tests run as tasks.
+
+Every one is module-level so a process worker can import it by reference
+(``tests._funcs.NAME``). Tasks that must wait for the test use a :class:`tests._support.Gate`
+by its socket path: a Unix socket works the same from the pool's loop (inline), a worker
+thread's loop (thread) and another interpreter (process). Side effects a test must observe
+across a process boundary are files (:func:`mark`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from typing import Any
+
+import taskpool
+
+# --- plain results and errors ------------------------------------------------------------
+
+
+class CustomError(Exception):
+    """An exception type of the tests' own, to check the same type is raised."""
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+async def async_identity(x: Any) -> Any:
+    await asyncio.sleep(0)
+    return x
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def async_square(x: int) -> int:
+    await asyncio.sleep(0)
+    return x * x
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+async def async_fail(message: str) -> None:
+    await asyncio.sleep(0)
+    raise CustomError(message)
+
+
+def fail_on(bad: int, x: int) -> int:
+    """``x``, or ``ValueError`` when ``x == bad`` (for map failure tests)."""
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
+def with_kwargs(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def where() -> tuple[str, int]:
+    """The thread name and process id the task runs in."""
+    return threading.current_thread().name, os.getpid()
+
+
+# --- publishing from inside a task ---------------------------------------------------------
+
+
+def publish_sync(topic: str, data: Any) -> str:
+    taskpool.publish(topic, data)
+    return "published"
+
+
+async def publish_async(topic: str, data: Any) -> str:
+    await asyncio.sleep(0)
+    taskpool.publish(topic, data)
+    await asyncio.sleep(0)
+    return "published"
+
+
+# --- gates: tasks that wait until the test lets them go -----------------------------------
+
+_RELEASE = b"x"
+_FAIL = b"!"
+
+
+async def wait_gate(path: str, tag: str, result: Any = None) -> Any:
+    """Arrive at the gate as ``tag``, wait (cancellably) until released; return ``result``.
+
+    Raises ``ValueError(tag)`` when the test releases it with ``fail=True``.
+    """
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(tag.encode() + b"\n")
+        await writer.drain()
+        reply = await reader.read(1)
+    finally:
+        writer.close()
+    if reply == _FAIL:
+        raise ValueError(tag)
+    if reply != _RELEASE:
+        raise ConnectionError(f"gate closed before {tag!r} was released")
+    return tag if result is None else result
+
+
+def block_gate(path: str, tag: str, result: Any = None) -> Any:
+    """Like :func:`wait_gate`, but blocking: a plain function no one can interrupt."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(tag.encode() + b"\n")
+        reply = s.recv(1)
+    if reply == _FAIL:
+        raise ValueError(tag)
+    if reply != _RELEASE:
+        raise ConnectionError(f"gate closed before {tag!r} was released")
+    return tag if result is None else result
+
+
+def mark(path: str) -> None:
+    """Leave a side effect the test can check from any process: create ``path``."""
+    with open(path, "w") as f:
+        f.write("ran")
+
+
+async def wait_gate_then_mark(path: str, tag: str, marker: str) -> str:
+    """Wait at the gate, then :func:`mark`: the mark proves the work went past the await."""
+    await wait_gate(path, tag)
+    mark(marker)
+    return tag
+
+
+async def sleep_then_mark(seconds: float, marker: str) -> None:
+    """Sleep (the work itself, for timeout tests), then :func:`mark`."""
+    await asyncio.sleep(seconds)
+    mark(marker)
+
+
+# --- killing the worker ------------------------------------------------------------------
+
+#: Set by the tests' conftest (and inherited by worker processes): tells a task whether it
+#: runs in the test process itself (inline, thread) or in a worker process.
+PARENT_PID_ENV = "TASKPOOL_TESTS_PARENT_PID"
+
+
+async def crash_worker(code: int = 3) -> None:
+    """End the worker running this task: its process (``os._exit``), or its thread.
+
+    A thread worker dies the way a broken one would: its event loop stops under the
+    running task (a task's own SystemExit is only that task's failure, on every kind).
+    """
+    if os.environ.get(PARENT_PID_ENV) != str(os.getpid()):
+        os._exit(code)
+    asyncio.get_running_loop().stop()
+    await asyncio.Event().wait()
+
+
+# --- thread-only helpers (objects that cannot cross a process boundary) -------------------
+
+
+def block_on_event(event: threading.Event, started: threading.Event | None = None) -> str:
+    """Block the worker thread until the test sets ``event`` (never interruptible)."""
+    if started is not None:
+        started.set()
+    event.wait()
+    return "unblocked"
+
+
+# --- inline-only helpers (they hold the pool itself) ---------------------------------------
+
+
+async def spawn(pool: taskpool.FunctionPool, n: int) -> list[int]:
+    """An orchestrating task (the seed pattern): add ``n`` tasks to its own pool, await them."""
+    tasks = [pool.add_task(async_add, i, 1) for i in range(n)]
+    return [await t for t in tasks]
