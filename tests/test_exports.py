@@ -1,10 +1,13 @@
 """The public surface (like trio's test_exports) and the exception hierarchy."""
 
 from __future__ import annotations
-
 import __future__
+
+import asyncio
 import inspect
 import pickle
+import subprocess
+import sys
 import types
 
 import pytest
@@ -39,8 +42,7 @@ def test_nothing_public_is_left_out_of_all() -> None:
     public = {
         name
         for name, value in vars(taskpool).items()
-        if not name.startswith("_")
-        and not isinstance(value, (types.ModuleType, __future__._Feature))
+        if not name.startswith("_") and not isinstance(value, (types.ModuleType, __future__._Feature))
     }
     assert public == set(taskpool.__all__)
 
@@ -91,9 +93,7 @@ def test_errors_also_subclass_the_builtin_they_are() -> None:
     assert issubclass(taskpool.PoolClosed, RuntimeError)
     assert issubclass(taskpool.PoolBroken, RuntimeError)
     # Cancelling a task must not look like the awaiting code being cancelled.
-    assert not issubclass(taskpool.TaskCancelled, BaseException) or not issubclass(
-        taskpool.TaskCancelled, __import__("asyncio").CancelledError
-    )
+    assert not issubclass(taskpool.TaskCancelled, asyncio.CancelledError)
     with pytest.raises(TimeoutError):
         raise taskpool.TaskTimeout("x")
 
@@ -113,9 +113,9 @@ def test_error_attributes_survive_pickling() -> None:
 
 def test_importing_taskpool_does_not_import_the_pool() -> None:
     # A process worker imports taskpool for its errors and wire format: keep it light.
-    import subprocess
-    import sys
-
-    code = "import sys, taskpool, taskpool._child; print(sorted(m for m in ('anyio', 'structlog', 'taskpool._pool') if m in sys.modules))"
+    code = (
+        "import sys, taskpool, taskpool._child; "
+        "print(sorted(m for m in ('anyio', 'structlog', 'taskpool._pool') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
