@@ -503,6 +503,10 @@ class FunctionPool:
         if self._state == "new":
             self._state = "closing"
             self._cancel_all(TaskCancelled("pool closed before it started"))
+            # Persistent workers tied to the pool run on their own even before it starts.
+            with anyio.CancelScope(shield=True):
+                for extra in list(self._extras):
+                    await extra.aclose()
             self._finish_close()
             return
         if self._state == "closed":
@@ -936,8 +940,14 @@ class FunctionPool:
             self._sched.release(slot, task)
             slot.tasks_done += 1
             slot.worker_tasks += 1
-            if self._max_tasks is not None and slot.worker_tasks >= self._max_tasks and slot.worker is worker:
-                self._retire(slot, "recycled")
+            if slot.worker is worker and slot.state != "recycling":
+                if self._max_tasks is not None and slot.worker_tasks >= self._max_tasks:
+                    self._retire(slot, "recycled")
+                elif self._max_memory is not None:
+                    rss = worker.memory()  # one /proc read, only when a limit is set
+                    if rss is not None and rss > self._max_memory:
+                        self._log.info("worker over its memory limit", worker_id=slot.id, rss=rss, limit=self._max_memory)
+                        self._retire(slot, "recycled")
         if slot is not None and task.started_at is not None:
             self._sched.observe(slot, time.time() - task.started_at)
         if task._state is _QUEUED or task._state is _RUNNING:
