@@ -398,21 +398,21 @@ class FunctionPool:
                 continue
             delay = backoff.down(time.monotonic(), failed=exit.failed, reason=exit.reason)
             if delay is None:
+                # The slot will never have a worker again (limit spent, or mode "never").
                 slot.state = "exited"
-                if backoff.exhausted:
-                    slot.dead = True
-                    self._log.error(
-                        "worker restart limit reached", worker_id=slot.id, failures=backoff.last_failures
+                slot.dead = True
+                why = (
+                    f"restart limit {self.restart.limit} spent"
+                    if backoff.exhausted
+                    else f"restart mode {self.restart.mode!r}"
+                )
+                self._log.error("worker will not be restarted", worker_id=slot.id, why=why, reason=exit.reason)
+                self._check_broken(backoff.last_failures or [exit.reason], why)
+                if not reported:  # start() fails: this worker never came up
+                    raise PoolBroken(
+                        f"pool {self.name!r}: worker {slot.id} could not be started ({why}); "
+                        f"last failures: {'; '.join(backoff.last_failures or [exit.reason])}"
                     )
-                    self._check_broken(backoff.last_failures)
-                    if not reported:
-                        raise PoolBroken(
-                            f"pool {self.name!r}: worker {slot.id} could not be started; "
-                            f"last failures: {'; '.join(backoff.last_failures)}"
-                        )
-                if not reported:
-                    reported = True
-                    task_status.started()
                 return
             slot.state = "restarting"
             self._log.warning(
@@ -460,11 +460,11 @@ class FunctionPool:
         self._pump()
         self._schedule_check()
 
-    def _check_broken(self, failures: list[str]) -> None:
-        if all(s.dead for s in self._sched.slots):
+    def _check_broken(self, failures: list[str], why: str) -> None:
+        if all(s.dead for s in self._sched.slots) and self._state in ("running", "closing"):
             self._broken = PoolBroken(
                 f"pool {self.name!r} is broken: no worker can be started any more "
-                f"(restart limit {self.restart.limit} spent); last failures: {'; '.join(failures)}"
+                f"({why}); last failures: {'; '.join(failures)}"
             )
             self._state = "broken"
             for task in self._sched.queued_tasks():
@@ -607,8 +607,9 @@ class FunctionPool:
         # An async hook still running may add follow-up work: not drained until it ends; and
         # a pending drain check is waited for, so the round's all_settled hooks and
         # pool.drained have run by the time join() returns.
+        own = 1 if _in_hook.get() is self else 0  # join() awaited by an async hook: not itself
         while (
-            not self._sched.drained or self._hooks_running or self._check_scheduled
+            not self._sched.drained or self._hooks_running > own or self._check_scheduled
         ) and self._state != "closed":
             fut = asyncio.get_running_loop().create_future()
             self._join_waiters.append(fut)
@@ -625,6 +626,17 @@ class FunctionPool:
             raise RuntimeError(
                 f"pool {self.name!r} must be used from the thread running its event loop"
             )
+
+    # Overloads, not one union: with `Callable[..., Awaitable[T]] | Callable[..., T]` mypy
+    # infers T = Never for a coroutine function and rejects the call.
+    @overload
+    def add_task(
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, meta: Any = None, timeout: float | None = None
+    ) -> Task[T]: ...
+    @overload
+    def add_task(
+        self, fn: Callable[..., T], /, *args: Any, meta: Any = None, timeout: float | None = None
+    ) -> Task[T]: ...
 
     def add_task(
         self,
@@ -682,6 +694,15 @@ class FunctionPool:
     def _in_own_task(self) -> bool:
         ctx = _context.current.get()
         return ctx is not None and ctx.owner is self
+
+    @overload
+    async def submit(
+        self, fn: Callable[..., Awaitable[T]], /, *args: Any, meta: Any = None, timeout: float | None = None
+    ) -> Task[T]: ...
+    @overload
+    async def submit(
+        self, fn: Callable[..., T], /, *args: Any, meta: Any = None, timeout: float | None = None
+    ) -> Task[T]: ...
 
     async def submit(
         self,

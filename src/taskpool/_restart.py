@@ -80,8 +80,11 @@ class Backoff:
         ``None`` means: do not restart (policy says so, or the failure limit is spent;
         :attr:`exhausted` tells which).
         """
+        # Only a worker that came up and stayed up long enough resets the count; one that
+        # died before its handshake (started_at already consumed) never does.
         if self.started_at and now - self.started_at >= self.policy.reset_after:
             self.failures = 0
+        self.started_at = 0.0
         if failed:
             self.failures += 1
             self.last_failures = [*self.last_failures[-4:], reason]
