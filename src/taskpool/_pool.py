@@ -770,7 +770,8 @@ class FunctionPool:
 
         The input (sync or async iterable) is consumed lazily, with at most ``window``
         tasks in flight (default: twice the pool size). A failure raises from the
-        iterator and cancels the tasks still in flight; so does closing the iterator
+        iterator as soon as it happens (in ordered mode too, ahead of earlier items still
+        running) and cancels the tasks still in flight; so does closing the iterator
         early (use ``contextlib.aclosing`` when you may break out of the loop).
 
         Raises:
@@ -792,14 +793,25 @@ class FunctionPool:
         window: int,
     ) -> AsyncIterator[Any]:
         inflight: collections.deque[Task[Any]] = collections.deque()
-        ready: collections.deque[Task[Any]] = collections.deque()
+        ready: collections.deque[Task[Any]] = collections.deque()  # settled, not yet yielded
+        failed: list[Task[Any]] = []  # the first task that failed (either mode fails fast)
         waiter: list[asyncio.Future[None] | None] = [None]
 
         def on_done(t: Task[Any]) -> None:
-            ready.append(t)
+            if t.exception() is not None and not failed:
+                failed.append(t)
+            if not ordered:
+                ready.append(t)
             w = waiter[0]
             if w is not None and not w.done():
                 w.set_result(None)
+
+        async def wait_for_news() -> None:
+            waiter[0] = asyncio.get_running_loop().create_future()
+            try:
+                await waiter[0]
+            finally:
+                waiter[0] = None
 
         if isinstance(iterable, AsyncIterable):
             aiter_ = aiter(iterable)
@@ -810,7 +822,7 @@ class FunctionPool:
         exhausted = False
         try:
             while True:
-                while not exhausted and len(inflight) < window:
+                while not exhausted and len(inflight) < window and not failed:
                     try:
                         item = next(it) if it is not None else await anext(aiter_)  # type: ignore[arg-type]
                     except (StopIteration, StopAsyncIteration):
@@ -818,25 +830,28 @@ class FunctionPool:
                         break
                     task = await self.submit(fn, item)
                     inflight.append(task)
-                    if not ordered:
-                        task.add_done_callback(on_done)
+                    task.add_done_callback(on_done)
+                if failed:
+                    # Any failure ends the map at once, even behind unfinished earlier items.
+                    inflight.remove(failed[0])
+                    failed[0].result()
                 if not inflight:
                     return
                 if ordered:
                     head = inflight[0]
-                    result = await head
+                    while not head.done() and not failed:
+                        await wait_for_news()
+                    if failed:
+                        continue
                     inflight.popleft()
-                    yield result
+                    yield head.result()
                 else:
                     while not ready:
-                        waiter[0] = asyncio.get_running_loop().create_future()
-                        try:
-                            await waiter[0]
-                        finally:
-                            waiter[0] = None
+                        await wait_for_news()
                     done = ready.popleft()
-                    inflight.remove(done)
-                    yield done.result()
+                    if done in inflight:
+                        inflight.remove(done)
+                        yield done.result()
         finally:
             for t in inflight:
                 t.cancel()
