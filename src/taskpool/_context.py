@@ -27,9 +27,7 @@ class TaskContext:
         self.owner = owner  # the pool, for inline tasks
 
 
-current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
-    "taskpool_current", default=None
-)
+current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("taskpool_current", default=None)
 
 
 def publish(topic: str, data: Any = None) -> None:

@@ -49,7 +49,7 @@ class RemoteTraceback(Exception):
         self.traceback = traceback
 
     def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.traceback.rstrip()}\n\"\"\""
+        return f'\n"""\n{self.traceback.rstrip()}\n"""'
 
 
 class TaskFailed(TaskpoolError):
@@ -100,9 +100,7 @@ class WorkerCrashed(TaskpoolError):
         )
 
 
-def _rebuild_crashed(
-    message: str, worker_id: int | None, exitcode: int | None, signal: int | None
-) -> WorkerCrashed:
+def _rebuild_crashed(message: str, worker_id: int | None, exitcode: int | None, signal: int | None) -> WorkerCrashed:
     return WorkerCrashed(message, worker_id=worker_id, exitcode=exitcode, signal=signal)
 
 

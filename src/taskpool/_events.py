@@ -222,9 +222,7 @@ class EventBus:
         if not topic:
             raise ValueError("publish() topic must not be empty")
         if self.wants(topic):
-            self.emit(
-                UserEvent(topic=topic, time=time.time(), data=data, task_id=task_id, worker_id=worker_id)
-            )
+            self.emit(UserEvent(topic=topic, time=time.time(), data=data, task_id=task_id, worker_id=worker_id))
 
     def close(self) -> None:
         """Close the bus: subscribers finish iterating after their buffered events."""

@@ -426,9 +426,7 @@ class FunctionPool:
                     task_status.started()
                 return
             slot.restarts += 1
-            self._emit_worker(
-                "worker.restarted", worker, reason=exit.reason, attempt=backoff.attempt, delay=delay
-            )
+            self._emit_worker("worker.restarted", worker, reason=exit.reason, attempt=backoff.attempt, delay=delay)
 
     def _stop_event_set(self) -> bool:
         return self._stop_event is not None and self._stop_event.is_set()
@@ -454,9 +452,7 @@ class FunctionPool:
             self._log.warning(
                 "worker exited", worker_id=slot.id, reason=exit.reason, exitcode=exit.exitcode, signal=exit.signal
             )
-        self._emit_worker(
-            "worker.exited", worker, reason=exit.reason, exitcode=exit.exitcode, signal=exit.signal
-        )
+        self._emit_worker("worker.exited", worker, reason=exit.reason, exitcode=exit.exitcode, signal=exit.signal)
         self._pump()
         self._schedule_check()
 
@@ -623,9 +619,7 @@ class FunctionPool:
 
     def _check_thread(self) -> None:
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
-            raise RuntimeError(
-                f"pool {self.name!r} must be used from the thread running its event loop"
-            )
+            raise RuntimeError(f"pool {self.name!r} must be used from the thread running its event loop")
 
     # Overloads, not one union: with `Callable[..., Awaitable[T]] | Callable[..., T]` mypy
     # infers T = Never for a coroutine function and rejects the call.
@@ -662,12 +656,9 @@ class FunctionPool:
         """
         if not callable(fn):
             raise TypeError(f"add_task() needs a callable, got {type(fn).__name__}")
-        if timeout is None:
-            timeout = self._task_timeout
-        else:
-            timeout = _check_timeout("timeout", timeout)
+        timeout = self._task_timeout if timeout is None else _check_timeout("timeout", timeout)
         state = self._state
-        if state != "running" and state != "new":
+        if state not in ("running", "new"):
             self._check_intake(state)
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
             self._check_thread()
@@ -745,9 +736,7 @@ class FunctionPool:
             except QueueFull:
                 continue
             finally:
-                if self._room_waiters and (
-                    self._max_queue is None or self._sched.n_queued < self._max_queue
-                ):
+                if self._room_waiters and (self._max_queue is None or self._sched.n_queued < self._max_queue):
                     self._wake_room()
 
     def _wake_room(self) -> None:
@@ -807,9 +796,10 @@ class FunctionPool:
                 w.set_result(None)
 
         async def wait_for_news() -> None:
-            waiter[0] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter[0] = fut
             try:
-                await waiter[0]
+                await fut
             finally:
                 waiter[0] = None
 
@@ -966,7 +956,9 @@ class FunctionPool:
         events = self.events
         if events._subs and events.wants("task.started"):
             events.emit(
-                TaskEvent(topic="task.started", time=now, task_id=task.id, state=_RUNNING, meta=task.meta, worker_id=worker.id)
+                TaskEvent(
+                    topic="task.started", time=now, task_id=task.id, state=_RUNNING, meta=task.meta, worker_id=worker.id
+                )
             )
 
     def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any) -> None:
@@ -982,7 +974,9 @@ class FunctionPool:
                 elif self._max_memory is not None:
                     rss = worker.memory()  # one /proc read, only when a limit is set
                     if rss is not None and rss > self._max_memory:
-                        self._log.info("worker over its memory limit", worker_id=slot.id, rss=rss, limit=self._max_memory)
+                        self._log.info(
+                            "worker over its memory limit", worker_id=slot.id, rss=rss, limit=self._max_memory
+                        )
                         self._retire(slot, "recycled")
         if slot is not None and task.started_at is not None:
             self._sched.observe(slot, time.time() - task.started_at)
@@ -1103,7 +1097,9 @@ class FunctionPool:
                 self._run_callback("all_settled", cb, (tasks,), None)
             if self.events.wants("pool.drained"):
                 self.events.emit(
-                    PoolEvent(topic="pool.drained", time=time.time(), pool=self.name, round=sched.round_no, settled=settled)
+                    PoolEvent(
+                        topic="pool.drained", time=time.time(), pool=self.name, round=sched.round_no, settled=settled
+                    )
                 )
         if sched.drained:
             waiters, self._join_waiters = self._join_waiters, []
@@ -1142,8 +1138,10 @@ class FunctionPool:
 
     # --- status --------------------------------------------------------------------------
 
-    @overload
-    def status(self, field: Literal["*"] = ..., kind: Literal[StatusType.COUNT] = ...) -> dict[str, int]: ...
+    @overload  # "*" is also a str: the dict overload must win, as in typeshed's own overlaps
+    def status(  # type: ignore[overload-overlap]
+        self, field: Literal["*"] = ..., kind: Literal[StatusType.COUNT] = ...
+    ) -> dict[str, int]: ...
     @overload
     def status(self, field: str, kind: Literal[StatusType.COUNT] = ...) -> int: ...
     @overload
@@ -1310,9 +1308,7 @@ class FunctionPool:
             raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
         if self._state not in ("new", "running"):
             raise PoolClosed(f"pool {self.name!r} is {self._state}")
-        service = Service(
-            self, fn, args, name=name, instances=instances, restart=restart, worker=worker, grace=grace
-        )
+        service = Service(self, fn, args, name=name, instances=instances, restart=restart, worker=worker, grace=grace)
         self._extras.append(service)
         if self._tg is not None:
             self._tg.start_soon(service.run)

@@ -52,19 +52,19 @@ class Slot:
 
     __slots__ = (
         "accepting",
+        "budget",
+        "busy_ewma",
         "dead",
         "id",
         "inflight",
+        "max_window",
+        "min_window",
         "restarts",
         "state",
         "tasks_done",
-        "busy_ewma",
-        "max_window",
-        "min_window",
         "window",
         "worker",
         "worker_tasks",
-        "budget",
     )
 
     def __init__(self, slot_id: int, window: int, *, adaptive: bool = False, concurrency: int = 1) -> None:
@@ -231,11 +231,13 @@ class Scheduler:
         while self.free > 0 and queue:
             best: Slot | None = None
             for s in self.slots:
-                if s.accepting and len(s.inflight) < s.window and s.budget != 0:
-                    if best is None or len(s.inflight) < len(best.inflight):
-                        best = s
-                        if not s.inflight:
-                            break
+                n = len(s.inflight)
+                if not s.accepting or n >= s.window or s.budget == 0:
+                    continue
+                if best is None or n < len(best.inflight):
+                    best = s
+                    if not n:
+                        break
             if best is None:  # free count out of date: recompute, never spin
                 self.free = sum(s.window - len(s.inflight) for s in self.slots if s.accepting)
                 return

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-class TaskState(str, enum.Enum):
+class TaskState(enum.StrEnum):
     """Where a task is in its life. The last three are final."""
 
     QUEUED = "queued"
@@ -40,7 +40,7 @@ class TaskState(str, enum.Enum):
         return self.value
 
 
-class StatusType(str, enum.Enum):
+class StatusType(enum.StrEnum):
     """What :meth:`FunctionPool.status` returns for a field."""
 
     COUNT = "count"  #: an ``int``
@@ -176,6 +176,4 @@ class ServiceEvent(Event, frozen=True, kw_only=True, tag="service"):
     delay: float = 0.0
 
 
-AnyEvent: TypeAlias = (
-    TaskEvent | WorkerEvent | WorkerLogEvent | PoolEvent | HookErrorEvent | UserEvent | ServiceEvent
-)
+AnyEvent: TypeAlias = TaskEvent | WorkerEvent | WorkerLogEvent | PoolEvent | HookErrorEvent | UserEvent | ServiceEvent

@@ -25,9 +25,7 @@ def backend(kind: str) -> type[Worker]:
     try:
         target = KINDS[kind]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"worker must be one of {', '.join(map(repr, KINDS))}; got {kind!r}"
-        ) from None
+        raise ValueError(f"worker must be one of {', '.join(map(repr, KINDS))}; got {kind!r}") from None
     module, _, name = target.partition(":")
     cls: type[Worker] = getattr(importlib.import_module(module), name)
     return cls

@@ -85,9 +85,7 @@ class ThreadWorker(Worker):
         loop = self.host.loop
         ready: asyncio.Future[None] = loop.create_future()
         self._ended = loop.create_future()
-        self._thread = threading.Thread(
-            target=self._main, args=(ready,), name=self._name, daemon=True
-        )
+        self._thread = threading.Thread(target=self._main, args=(ready,), name=self._name, daemon=True)
         self._thread.start()
         try:
             await ready
