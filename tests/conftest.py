@@ -79,7 +79,12 @@ def offloop_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(autouse=True)
 def _dump_on_hang() -> object:
-    faulthandler.dump_traceback_later(HANG_DUMP_AFTER, repeat=False, file=sys.stderr)
+    try:  # the captured stderr (shown with the failure), or the real one if it has no fd
+        sys.stderr.fileno()
+        out = sys.stderr
+    except (AttributeError, OSError, ValueError):
+        out = sys.__stderr__
+    faulthandler.dump_traceback_later(HANG_DUMP_AFTER, repeat=False, file=out)
     yield
     faulthandler.cancel_dump_traceback_later()
 

@@ -334,3 +334,19 @@ async def test_join_waits_for_a_running_async_hook(kind: str) -> None:
             hook_may_finish.set()
         await asyncio.wait_for(joining, 10)
         assert pool.status("succeeded") == 3
+
+
+async def test_an_async_hook_may_await_join(kind: str) -> None:
+    joined: list[int] = []
+
+    async def then(result: int, task: object) -> None:
+        if result == 1:
+            pool.add_task(f.add, result, 1)
+            await pool.join()  # waits for the follow-up, not for this hook itself
+            joined.append(pool.status("succeeded"))
+
+    async with FunctionPool(1, worker=kind) as pool:
+        pool.then(then)
+        pool.add_task(f.add, 0, 1)
+        await asyncio.wait_for(pool.join(), 10)
+    assert joined == [2]

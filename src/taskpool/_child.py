@@ -63,6 +63,7 @@ from taskpool._wire import (
     ERR_LOAD,
     ERR_RAISED,
     ERR_UNSENDABLE,
+    FMT_PICKLE,
     Call,
     CallAttr,
     Cancel,
@@ -367,10 +368,17 @@ class Worker(FrameProtocol[ToChild]):
             self._import(cid, msg.module)
             return
         self.send(Started(cid))
+        slot = job.slot
+        if (slot is not None and slot.fn is None) or msg.fmt == FMT_PICKLE:  # type: ignore[union-attr]
+            # Loading runs user code (an import, a __reduce__) that may kill the process:
+            # the parent must know the call had started, or it would requeue it on the
+            # next worker, which would die the same way. Plain msgpack arguments and a
+            # function already loaded run nothing: their Started goes with the next write.
+            self.flush()
         try:
-            if job.slot is not None:
-                fn = job.slot.resolve()
-                is_async = job.slot.is_async
+            if slot is not None:
+                fn = slot.resolve()
+                is_async = slot.is_async
             else:
                 assert isinstance(msg, CallAttr)
                 fn = self._attr(msg.name)

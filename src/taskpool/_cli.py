@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -27,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "--worker",
         choices=KINDS,
         default="process",
-        help="the worker kind of the pool's own tasks (default: process)",
+        help="the kind of the persistent workers (and of the pool in the 'tasks' scenario; default: process)",
     )
     demo.add_argument(
         "--scenario",
@@ -45,11 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser(
         "serve",
         help="keep a service alive, like a process manager",
-        description="Run MODULE:FUNCTION in dedicated workers and keep it running. "
-        "SIGTERM or the first Ctrl-C stops it gracefully; a second Ctrl-C kills at once. "
-        "Exit code: 0 clean, 1 restart limit spent, 130 forced.",
+        description="Run MODULE:FUNCTION in dedicated workers and keep it running. Each line an "
+        "instance prints is shown as 'NAME.INSTANCE | line'. SIGTERM or the first Ctrl-C stops it "
+        "gracefully; a second one kills at once. Exit code: 0 stopped cleanly, 1 restart limit spent "
+        "(or a failure not restarted), 2 bad target or argument, 130 forced.",
     )
     srv.add_argument("target", metavar="MODULE:FUNCTION", help="the function to run, e.g. app.server:main")
+    srv.add_argument("--name", default=None, help="the service's name in output prefixes (default: FUNCTION)")
     srv.add_argument("--instances", type=int, default=1, help="how many copies to run (default 1)")
     srv.add_argument(
         "--restart", choices=("always", "on-failure", "never"), default="always", help="restart mode (default always)"
@@ -68,61 +72,114 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from ._demo import SCENARIOS, run_demo
-
-        if args.list:
-            for name, (title, _) in SCENARIOS.items():
-                print(f"{name:12} {title}")
-            return 0
-        names = args.scenario or list(SCENARIOS)
-        unknown = [n for n in names if n not in SCENARIOS]
-        if unknown:
-            print(f"unknown scenario(s): {', '.join(unknown)}; see --list", file=sys.stderr)
-            return 2
-        progress = args.progress
-        if progress == "auto":
-            progress = "bar" if sys.stdout.isatty() else "lines"
-        return run_demo(names, worker=args.worker, progress=progress)
+        return _demo(args)
     if args.command == "serve":
-        import asyncio
-
-        from ._restart import RestartPolicy
-        from ._serve import serve
-        from ._workers._thread import new_event_loop
-
-        try:
-            policy = RestartPolicy(
-                mode=args.restart,
-                delay=args.restart_delay,
-                backoff=args.restart_backoff,
-                max_delay=args.restart_max_delay,
-                limit=args.restart_limit,
-            )
-            if args.instances < 1:
-                raise ValueError(f"--instances must be >= 1, got {args.instances}")
-        except ValueError as exc:
-            print(f"taskpool serve: {exc}", file=sys.stderr)
-            return 2
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            return loop.run_until_complete(
-                serve(
-                    args.target,
-                    instances=args.instances,
-                    restart=policy,
-                    log_dir=args.log_dir,
-                    grace=args.grace,
-                    worker=args.worker,
-                )
-            )
-        except (ImportError, AttributeError, ValueError, TypeError) as exc:
-            print(f"taskpool serve: cannot load {args.target}: {exc}", file=sys.stderr)
-            return 2
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
+        return _serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+# The commands import what they need when they run, so ``taskpool --help`` stays fast.
+
+
+def _quiet_logs() -> None:
+    """Our own output says what happens: unless the program configured structlog, send
+    taskpool's log to stderr, warnings and up, without the ``worker output`` entries
+    (those lines are shown already, prefixed)."""
+    import logging
+
+    import structlog
+
+    if structlog.is_configured():
+        return
+
+    def drop_worker_output(logger: object, method: str, event: Any) -> Any:
+        if event.get("event") == "worker output":
+            raise structlog.DropEvent
+        return event
+
+    structlog.configure(
+        processors=[
+            drop_worker_output,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import SCENARIOS, run_demo
+
+    if args.list:
+        for name, (title, _) in SCENARIOS.items():
+            print(f"{name:12} {title}")
+        return 0
+    names = args.scenario or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"taskpool demo: unknown scenario(s): {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
+    _quiet_logs()
+    progress = args.progress
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "lines"
+    return run_demo(names, worker=args.worker, progress=progress)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ._restart import RestartPolicy
+    from ._serve import EXIT_BAD_TARGET, resolve_target, serve
+    from ._workers._thread import new_event_loop
+
+    def fail(message: str) -> int:
+        print(f"taskpool serve: {message}", file=sys.stderr)
+        return EXIT_BAD_TARGET
+
+    if args.instances < 1:
+        return fail(f"--instances must be >= 1, got {args.instances}")
+    if args.grace < 0:
+        return fail(f"--grace must be >= 0, got {args.grace}")
+    try:
+        policy = RestartPolicy(
+            mode=args.restart,
+            delay=args.restart_delay,
+            backoff=args.restart_backoff,
+            max_delay=args.restart_max_delay,
+            limit=args.restart_limit,
+        )
+    except ValueError as exc:
+        return fail(str(exc))
+    try:
+        fn = resolve_target(args.target)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        return fail(f"cannot load {args.target}: {type(exc).__name__}: {exc}")
+    if args.log_dir is not None:
+        try:
+            os.makedirs(args.log_dir, exist_ok=True)
+        except OSError as exc:
+            return fail(f"cannot use --log-dir {args.log_dir}: {exc}")
+    _quiet_logs()
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(
+            serve(
+                fn,
+                name=args.name or args.target.rpartition(":")[2],
+                instances=args.instances,
+                restart=policy,
+                log_dir=args.log_dir,
+                grace=args.grace,
+                worker=args.worker,
+            )
+        )
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

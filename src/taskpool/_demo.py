@@ -17,6 +17,8 @@ import anyio
 
 from ._pool import FunctionPool
 from ._types import StatusType, TaskEvent
+from ._workers._thread import new_event_loop
+from .examples import basic_workers, process_pool, shared_workers, stateful_chaining
 
 __all__ = ["SCENARIOS", "Console", "run_demo"]
 
@@ -89,8 +91,6 @@ Scenario = Callable[..., Awaitable[Any]]
 
 
 def _scenarios() -> dict[str, tuple[str, Scenario]]:
-    from .examples import basic_workers, process_pool, shared_workers, stateful_chaining
-
     return {
         "basic": ("Basic Independent Workers", basic_workers.run),
         "shared": ("Shared Worker Instances", shared_workers.run),
@@ -118,8 +118,6 @@ def run_demo(names: list[str], *, worker: str, progress: str) -> int:
                     console.print()
                 console.print(f"=== {title} ({name}, worker={worker}) ===\n")
                 await scenario(console.print, worker, watch_pool)
-
-    from ._workers._thread import new_event_loop
 
     loop = new_event_loop()
     try:

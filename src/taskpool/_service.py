@@ -12,23 +12,27 @@ task (a server, a queue consumer) that is run again, per the service's
 Events: ``service.started`` / ``exited`` / ``restarted`` / ``stopped`` (and ``broken``
 when the restart limit is spent) on the parent pool's bus, plus the workers' own
 ``worker.*`` and ``worker.log`` events.
+
+Stopping cancels each instance's task: an async instance is cancelled in its worker and
+gets the service's ``grace`` (set as its workers' cancel grace) before the worker is
+killed; a blocking one is killed at once (a process) or abandoned (a thread).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
+import msgspec
 
 from ._errors import TaskCancelled
+from ._pool import FunctionPool
 from ._restart import Backoff, RestartPolicy
 from ._task import Task, describe_error
 from ._types import ServiceEvent, WorkerSnapshot
-
-if TYPE_CHECKING:
-    from ._pool import FunctionPool
 
 __all__ = ["Service"]
 
@@ -55,8 +59,6 @@ class Service:
         worker: str,
         grace: float,
     ) -> None:
-        from ._pool import FunctionPool
-
         self.name = name
         self.instances = instances
         self.restart = restart
@@ -68,11 +70,14 @@ class Service:
         self._pool = FunctionPool(
             instances,
             worker=worker,
+            concurrency=1,  # one instance per worker
             restart=RestartPolicy(mode="on-failure", delay=0.0, limit=None),
             keep_records=0,
             name=f"{parent.name}:{name}",
             log_dir=parent.log_dir,
         )
+        # A cancelled async instance gets the whole stop grace before its worker is killed.
+        self._pool._spec = msgspec.structs.replace(self._pool._spec, cancel_grace=grace)
         self._pool._role = "service"
         self._pool._worker_buses.append(parent.events)
         self._pool._rebase(parent._next_worker_id(instances))
@@ -90,7 +95,11 @@ class Service:
         return self._state
 
     async def run(self) -> None:
-        """Run the service until stopped (the parent pool runs this in its task group)."""
+        """Run the service until stopped (the parent pool runs this in its task group).
+
+        Never raises (but for cancellation): a service that cannot start is broken, and
+        says why in ``service.broken``; it never takes its pool down with it.
+        """
         if self._state != "new":
             return
         self._state = "running"
@@ -103,6 +112,10 @@ class Service:
                 async with anyio.create_task_group() as tg:
                     for i in range(self.instances):
                         tg.start_soon(self._instance, i)
+        except Exception as exc:
+            self._state = "broken"
+            self._emit("service.broken", -1, reason=describe_error(exc) or "failed")
+            self._parent._log.error("service failed", service=self.name, exc_info=exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._pool.aclose(cancel=True, grace=self.grace)
@@ -126,11 +139,12 @@ class Service:
                 failed, reason = False, "cancelled"
             except Exception as exc:
                 failed, reason = True, describe_error(exc) or "failed"
-            except BaseException:
-                task.cancel()  # we are being stopped
+            except BaseException:  # we are being stopped
+                task.cancel()
+                self._emit("service.exited", i, reason="stopped", worker_id=task.worker_id)
                 raise
             self._emit("service.exited", i, reason=reason, worker_id=task.worker_id)
-            if self._stopping:
+            if self._stop_asked():  # (a method: an await above may have changed it)
                 return
             delay = backoff.down(time.monotonic(), failed=failed, reason=reason)
             if delay is None:
@@ -146,14 +160,32 @@ class Service:
             await anyio.sleep(delay)
             self._emit("service.restarted", i, attempt=backoff.attempt, delay=delay, reason=reason)
 
+    def _set_grace(self, grace: float) -> None:
+        # The workers read the cancel grace from their spec when they cancel a call.
+        self.grace = grace
+        self._pool._spec = msgspec.structs.replace(self._pool._spec, cancel_grace=grace)
+        for slot in self._pool._sched.slots:
+            if slot.worker is not None:
+                slot.worker.spec = msgspec.structs.replace(slot.worker.spec, cancel_grace=grace)
+
+    def _stop_asked(self) -> bool:
+        return self._stopping
+
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop every instance and wait until they are gone.
 
         Async instances are cancelled in their workers; an instance that does not stop
-        within ``grace`` seconds (default: the service's) has its worker killed.
+        within ``grace`` seconds (default: the service's) has its worker killed. A
+        blocking (plain) instance cannot be interrupted: a process worker is killed at
+        once, a thread is abandoned.
+
+        Raises:
+            ValueError: ``grace`` is negative.
         """
         if grace is not None:
-            self.grace = grace
+            if not math.isfinite(grace) or grace < 0:
+                raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
+            self._set_grace(grace)
         self._stopping = True
         if self._state == "new":
             self._state = "stopped"
@@ -166,6 +198,29 @@ class Service:
         await self._stopped.wait()
 
     aclose = stop
+
+    def kill(self) -> None:
+        """Kill every instance's worker now, without grace (a second Ctrl-C).
+
+        The service then stops as :meth:`stop` does; await :meth:`wait` for it. Threads
+        cannot be killed: a thread instance stuck in blocking code is abandoned.
+        """
+        self._stopping = True
+        self._set_grace(0.0)
+        if self._state == "running":
+            self._state = "stopping"
+        for slot in self._pool._sched.slots:
+            if slot.worker is not None:
+                slot.worker.kill()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def instance_of(self, worker_id: int) -> int | None:
+        """The instance running on worker ``worker_id`` now (None: none or not known)."""
+        for i, task in enumerate(self._tasks):
+            if task is not None and task.worker_id == worker_id and not task.done():
+                return i
+        return None
 
     async def wait(self) -> None:
         """Wait until the service has stopped (or broke)."""
@@ -182,4 +237,3 @@ class Service:
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r} x{self.instances} {self._state} runs={self.runs}>"
-

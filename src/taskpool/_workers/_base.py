@@ -49,6 +49,9 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     pool_name: str
     log_dir: str | None = None
     max_memory: int | None = None
+    #: Seconds a cancelled async call has to stop before its worker is killed
+    #: (None: the kind's default); a service sets it to its stop grace.
+    cancel_grace: float | None = None
     concurrency: int = 1  # tasks one worker runs at once (coroutines interleave)
 
 
@@ -69,9 +72,7 @@ class WorkerHost(Protocol):
     def batch_done(self) -> None:
         """A batch of reports was delivered: dispatch more work, check for drain."""
 
-    def worker_publish(
-        self, worker: Worker, topic: str, data: Any, task_id: int | None
-    ) -> None:
+    def worker_publish(self, worker: Worker, topic: str, data: Any, task_id: int | None) -> None:
         """A task on the worker called ``taskpool.publish``."""
 
     def worker_log(self, worker: Worker, stream: str, line: str) -> None:

@@ -48,6 +48,9 @@ CANCEL_GRACE = 1.0
 START_TIMEOUT = 60.0
 #: Seconds a worker asked to stop (Shutdown) has before it is terminated.
 STOP_GRACE = 5.0
+#: Seconds to read, after a worker died, what it wrote before dying (EOF normally comes at
+#: once; a process it forked may hold the socket open, and then it never comes).
+DRAIN_TIMEOUT = 1.0
 
 
 class _Channel(_wire.FrameProtocol[_wire.ToParent]):
@@ -90,6 +93,7 @@ class ProcessWorker(Worker):
         self._hello: asyncio.Future[_wire.Hello] | None = None
         self._stopping = False
         self._retired = False
+        self._killed = False  # we killed it: no call starts on it any more
         self._pid: int | None = None
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._logfile: IO[str] | None = None
@@ -106,6 +110,8 @@ class ProcessWorker(Worker):
         proc, channel = await spawn_child(functools.partial(_Channel, self), concurrency=self.spec.concurrency)
         self._proc, self._channel = proc, channel
         self._pid = proc.pid
+        if self._stopping:  # stop() came while we were spawning: it could not be sent then
+            self._write(_wire.Shutdown())
         path = log_path(self.spec.log_dir, self.spec.pool_name, self.id)
         if path is not None:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -119,6 +125,7 @@ class ProcessWorker(Worker):
                     await self._handshake(channel)
                 on_ready()
                 await proc.wait()
+                await self._drain(channel)
             return self._exit_info(proc.returncode)
         except TimeoutError:
             self.kill()
@@ -140,6 +147,16 @@ class ProcessWorker(Worker):
             if self._logfile is not None:
                 self._logfile.close()
                 self._logfile = None
+
+    @staticmethod
+    async def _drain(channel: _Channel) -> None:
+        # The process exit and the channel's last frames arrive by different routes, in
+        # no set order. Read to EOF first: a Started still in the socket decides whether
+        # the call it names crashed (WorkerCrashed) or never began (requeued), and a
+        # Result or Publish written just before dying is not lost.
+        closed = channel.closed
+        if closed is not None and not closed.done():
+            await asyncio.wait({closed}, timeout=DRAIN_TIMEOUT)
 
     async def _handshake(self, channel: _Channel) -> None:
         assert self._hello is not None and channel.closed is not None
@@ -193,7 +210,9 @@ class ProcessWorker(Worker):
                 host.task_finished(self, task, True, value)
         elif type(msg) is _wire.Started:
             task = self._calls.get(msg.id)
-            if task is not None:
+            # Once we killed the worker, what it starts is as good as unstarted: those
+            # calls go back to the queue (the kill was decided before they began).
+            if task is not None and not self._killed:
                 self._returning.discard(msg.id)  # it began before Shutdown: it runs here
                 self.current = task
                 self._running.add(msg.id)
@@ -231,6 +250,9 @@ class ProcessWorker(Worker):
     def _protocol_error(self, exc: Exception) -> None:
         self.host.worker_log(self, "stderr", f"taskpool: channel broken: {exc}")
         self.kill()
+        channel = self._channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abort()  # nothing after a bad frame can be trusted
 
     # --- the pool's side -----------------------------------------------------------------
 
@@ -265,7 +287,8 @@ class ProcessWorker(Worker):
             return CancelResult.UNSTOPPABLE
         self._write(_wire.Cancel(task.id))
         if running:
-            self._timers[task.id] = self.host.loop.call_later(CANCEL_GRACE, self._cancel_overdue, task.id)
+            grace = CANCEL_GRACE if self.spec.cancel_grace is None else self.spec.cancel_grace
+            self._timers[task.id] = self.host.loop.call_later(grace, self._cancel_overdue, task.id)
         return CancelResult.STOPPING
 
     def _cancel_overdue(self, call_id: int) -> None:
@@ -311,6 +334,7 @@ class ProcessWorker(Worker):
                 proc.terminate()
 
     def kill(self) -> None:
+        self._killed = True
         proc = self._proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -17,6 +17,11 @@ def summary(value: Any) -> Any:
     return len(value) if isinstance(value, list) else value
 
 
+def percent(value: float) -> str:
+    """A percentage as the seed prints it (JavaScript numbers): ``33.333``, ``50``, ``0``."""
+    return f"{round(value, 3):g}"
+
+
 def runtime_line(start: float) -> str:
     """The seed's closing line."""
     return f"\n\nScript runtime: {time.perf_counter() - start:.3f} sec"

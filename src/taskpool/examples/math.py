@@ -7,6 +7,8 @@ The module-level ``counter`` shows state living in a persistent worker between c
 
 from __future__ import annotations
 
+import asyncio
+
 counter = 0
 
 
@@ -61,8 +63,6 @@ def estimate_pi(digits: int) -> float:
 
 async def slow_add(a: int, b: int, delay: float = 0.01) -> int:
     """``a + b`` after an ``await asyncio.sleep(delay)`` (an async function)."""
-    import asyncio
-
     await asyncio.sleep(delay)
     return await _plus(a, b)
 

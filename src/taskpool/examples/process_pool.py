@@ -13,7 +13,7 @@ import anyio
 
 from taskpool import FunctionPool, StatusType, Task
 from taskpool.examples import math
-from taskpool.examples._common import Printer, PoolWatcher, no_watch, runtime_line, summary
+from taskpool.examples._common import PoolWatcher, Printer, no_watch, runtime_line, summary
 
 
 async def run(out: Printer = print, worker: str = "process", watch: PoolWatcher = no_watch) -> FunctionPool:

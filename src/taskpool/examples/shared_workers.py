@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from taskpool import FunctionPool, StatusType, Task, import_persistent_worker
-from taskpool.examples._common import Printer, PoolWatcher, no_watch, runtime_line, summary
+from taskpool.examples._common import PoolWatcher, Printer, no_watch, runtime_line, summary
 
 MATH = "taskpool.examples.math"
 

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from taskpool import FunctionPool, StatusType, Task, import_persistent_worker
-from taskpool.examples._common import Printer, PoolWatcher, no_watch, runtime_line
+from taskpool.examples._common import PoolWatcher, Printer, no_watch, percent, runtime_line
 
 MATH = "taskpool.examples.math"
 
@@ -44,7 +44,7 @@ async def run(out: Printer = print, worker: str = "process", watch: PoolWatcher 
             out(f"{label}: add({a}, {b}): ", await math.add(a, b))
             out(f"{label}: state({a}, {b}): ", await math.state())
         out(f"{label}: fib(): ", await math.fib(n))
-        out(f"{pool.status('completed', StatusType.PERCENT):.3f} %")
+        out(percent(pool.status("completed", StatusType.PERCENT)), "%")
         return f"Done {label}!"
 
     async def fresh(label: str, pairs: list[tuple[int, int]], n: int) -> str:

@@ -1,0 +1,1 @@
+"""Fault injection: crashes, kills, oversized frames, stuck workers, restart storms, a soak."""
