@@ -1,0 +1,74 @@
+"""Typed usage of the public API: checked by ``mypy --strict`` in tests/test_typing.py.
+
+Not run by pytest (no test functions); every ``assert_type`` is a claim about what a
+user's type checker sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from typing import assert_type
+
+import msgspec
+
+import taskpool
+from taskpool import (
+    FunctionPool,
+    PersistentWorker,
+    PoolSnapshot,
+    RestartPolicy,
+    Service,
+    StatusType,
+    Task,
+    TaskRecord,
+    TaskState,
+    import_persistent_worker,
+)
+from taskpool.examples import math
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+def mul(a: int, b: int) -> int:
+    return a * b
+
+
+async def usage() -> None:
+    async with FunctionPool(2, worker="thread", restart=RestartPolicy(limit=3)) as pool:
+        assert_type(pool, FunctionPool)
+        t1 = pool.add_task(add, 1, 2)
+        assert_type(t1, Task[int])
+        assert_type(await t1, int)
+        t2 = pool.add_task(mul, 2, 3, meta="m", timeout=1.0)
+        assert_type(t2, Task[int])
+        t3 = await pool.submit(functools.partial(mul, b=2), 5)
+        assert_type(t3.result(), int)
+        assert_type(t1.state, TaskState)
+        assert_type(t1.record, TaskRecord)
+        assert_type(t1.cancel(), bool)
+        assert_type(pool.then(lambda r, t: None).catch(lambda e, t: None), FunctionPool)
+        assert_type(pool.status(), dict[str, int])
+        assert_type(pool.status("completed"), int)
+        assert_type(pool.status("completed", StatusType.PERCENT), float)
+        assert_type(pool.status("completed", StatusType.RAW), list[TaskRecord])
+        assert_type(pool.snapshot(), PoolSnapshot)
+        assert_type(pool.has_available_worker(), bool)
+        msgspec.json.encode(pool.snapshot())
+        async with pool.events.subscribe("task.*") as sub:
+            async for event in sub:
+                assert_type(event.topic, str)
+                break
+        svc = pool.keep_alive(add, 1, 2, name="svc", worker="thread")
+        assert_type(svc, Service)
+        await svc.stop()
+
+    proxy = await import_persistent_worker(math, worker="thread")
+    assert_type(proxy, PersistentWorker[types.ModuleType])
+    # The typed way: call() checks arguments against the function's signature.
+    assert_type(await proxy.call(math.add, 1, 2), int)
+    assert_type(await proxy.call(math.slow_add, 1, 2), int)
+    await proxy.terminate()
+    taskpool.publish("topic", {"x": 1})
