@@ -266,8 +266,9 @@ class _Job:
 class Worker(FrameProtocol[ToChild]):
     """The child's end of the channel: queues and runs calls, answers, publishes."""
 
-    def __init__(self, concurrency: int = 1) -> None:
+    def __init__(self, concurrency: int = 1, hello: Hello | None = None) -> None:
         super().__init__(child_parser())
+        self.hello = hello  # the first frame, queued as soon as the channel is up
         self.queue: deque[_Job] = deque()
         # Async calls running at once (at most ``concurrency``): id -> (job, task). A sync
         # call runs to its end inside _run, blocking the loop, so it never stays here.
@@ -280,6 +281,13 @@ class Worker(FrameProtocol[ToChild]):
         self.stopping = False  # Shutdown received
         self.lost = False  # the channel is gone
         self._main_thread = threading.get_ident()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Queue ``Hello`` before anything received can run (a Shutdown already waiting
+        in the socket would otherwise close the channel before the handshake)."""
+        super().connection_made(transport)
+        if self.hello is not None:
+            self.send(self.hello)
 
     # -- receiving
     def buffer_updated(self, nbytes: int) -> None:
@@ -448,7 +456,7 @@ class Worker(FrameProtocol[ToChild]):
 
     def _import(self, cid: int, name: str) -> None:
         try:
-            import importlib  # noqa: PLC0415 - persistent workers only
+            import importlib  # persistent workers only
 
             module = importlib.import_module(name)
             names = getattr(module, "__all__", None)
@@ -540,7 +548,7 @@ def _pickle_exception(exc: BaseException) -> bytes | None:
     with contextlib.suppress(Exception):
         return pickle.dumps(exc, 5)
     try:
-        import cloudpickle  # noqa: PLC0415 - only for exceptions pickle refuses
+        import cloudpickle  # only for exceptions pickle refuses
 
         return cloudpickle.dumps(exc, 5)  # type: ignore[no-any-return]
     except Exception:
@@ -553,7 +561,7 @@ def _pickle_exception(exc: BaseException) -> bytes | None:
 def _die_with_parent(ppid: int) -> None:
     if sys.platform.startswith("linux"):
         try:
-            import ctypes  # noqa: PLC0415 - Linux only
+            import ctypes  # Linux only
 
             libc = ctypes.CDLL(None, use_errno=True)
             pr_set_pdeathsig = 1
@@ -567,7 +575,7 @@ def _die_with_parent(ppid: int) -> None:
 def _loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], bool]:
     if kind != "asyncio":
         try:
-            import uvloop  # noqa: PLC0415 - optional
+            import uvloop  # optional
 
             return uvloop.new_event_loop, True
         except ImportError:
@@ -579,10 +587,9 @@ def _loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], b
 async def _serve(sock: socket.socket, uses_uvloop: bool, concurrency: int = 1) -> int:
     global _worker
     loop = asyncio.get_running_loop()
-    worker = Worker(concurrency)
+    worker = Worker(concurrency, Hello(os.getpid(), platform.python_version(), uses_uvloop))
     _worker = worker
     await loop.connect_accepted_socket(lambda: worker, sock)
-    worker.send(Hello(os.getpid(), platform.python_version(), uses_uvloop))
     assert worker.closed is not None
     await worker.closed
     return 0
@@ -628,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 def _exit(code: int) -> NoReturn:
     # Exit without waiting for threads a task may have left running (the parent is
     # gone or wants us gone), but still run atexit hooks and flush what was printed.
-    import atexit  # noqa: PLC0415
+    import atexit
 
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()

@@ -839,7 +839,7 @@ def _pickle(obj: Any, *, for_child: bool) -> tuple[bytes, list[Buffer]]:
     if stream is not None and not (for_child and b"__main__" in stream):
         return stream, bufs
     bufs.clear()
-    import cloudpickle  # noqa: PLC0415 - ~10 ms to import, rarely needed in the worker
+    import cloudpickle  # ~10 ms to import, rarely needed in the worker
 
     stream = cloudpickle.dumps(obj, 5, buffer_callback=callback)
     return stream, bufs
@@ -1056,7 +1056,7 @@ def define_function(fn: Callable[..., Any]) -> FnDef:
         stream = None  # a lambda, a local function, ...: cloudpickle below
     if stream is not None and b"__main__" not in stream:
         return FnValue(stream)
-    import cloudpickle  # noqa: PLC0415 - lazily: ~10 ms to import
+    import cloudpickle  # lazily: ~10 ms to import
 
     try:
         return FnValue(cloudpickle.dumps(fn, 5))

@@ -21,7 +21,7 @@ import pytest
 from taskpool import FunctionPool, RestartPolicy, TaskState, WorkerCrashed
 
 from .. import _funcs as f
-from .._support import WAIT, collect_until, settle
+from .._support import WAIT, collect, collect_until, settle
 from . import _faults as x
 from ._poll import poll_until
 
@@ -111,10 +111,12 @@ async def test_workers_crashing_with_large_arguments_queued() -> None:
     arguments are being written; each fails with WorkerCrashed, none hangs."""
     data = b"\x00" * (16 * MiB)
     async with FunctionPool(2, worker="process", restart=RestartPolicy(delay=0.01)) as pool:
-        tasks = [pool.add_task(x.crash_with, data, "sigkill") for _ in range(6)]
-        async with asyncio.timeout(WAIT * 2):
-            errors = [await settle(t) for t in tasks]
-            assert all(isinstance(e, WorkerCrashed) and e.signal == signal.SIGKILL for e in errors), errors
-            assert await pool.add_task(f.add, 1, 2) == 3
+        async with pool.events.subscribe("worker.started") as sub:
+            tasks = [pool.add_task(x.crash_with, data, "sigkill") for _ in range(6)]
+            async with asyncio.timeout(WAIT * 2):
+                errors = [await settle(t) for t in tasks]
+                assert all(isinstance(e, WorkerCrashed) and e.signal == signal.SIGKILL for e in errors), errors
+                assert await pool.add_task(f.add, 1, 2) == 3
+            await collect(sub, 6, "replacement workers")  # one per crash, none more
         assert sum(w.restarts for w in pool.snapshot().workers) == 6
         assert pool.status("failed") == 6

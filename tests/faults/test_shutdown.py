@@ -16,15 +16,18 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import psutil
 import pytest
 
-from taskpool import FunctionPool, TaskCancelled, TaskState
+from taskpool import FunctionPool, RestartPolicy, TaskCancelled, TaskState, WorkerCrashed
+from taskpool._child import spawn_child
+from taskpool._wire import FrameProtocol, Hello, Shutdown, parent_parser
 from taskpool._workers._process import CANCEL_GRACE
 
 from .. import _funcs as f
-from .._support import WAIT, Gate, settle
+from .._support import WAIT, Gate, collect_until, settle
 from . import _faults as x
 from ._poll import gone, poll_until
 
@@ -137,3 +140,46 @@ async def test_workers_die_with_their_sigkilled_parent(busy: str) -> None:
         for pid in pids:  # never leave an orphan behind, even when the test failed
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- stopped before it was up ----------------------------------------------------------------
+
+
+@pytest.mark.uvloop
+async def test_a_worker_told_to_stop_before_its_handshake_answers_then_exits_cleanly() -> None:
+    """A Shutdown already waiting in the socket when the worker connects must not close
+    the channel before Hello: the pool would see a start failure instead of a stop."""
+    received: list[Any] = []
+    proc, proto = await spawn_child(lambda: FrameProtocol(parent_parser(), received.append))
+    proto.send(Shutdown())
+    proto.flush()  # in the socket before the child has even imported taskpool
+    async with asyncio.timeout(WAIT):
+        await proto.closed
+        assert await proc.wait() == 0
+    assert [type(m) for m in received] == [Hello]
+
+
+async def test_aclose_while_a_worker_restarts() -> None:
+    """The pool closes just as a crashed worker's replacement is being spawned: the new
+    worker is stopped as soon as it can be told, cleanly, and aclose does not wait for a
+    stop timeout."""
+    async with FunctionPool(1, worker="process", restart=RestartPolicy(delay=0)) as pool:
+        async with pool.events.subscribe("worker.*") as sub:
+            assert isinstance(await settle(pool.add_task(x.exit_with, 1)), WorkerCrashed)
+            await collect_until(sub, lambda e: e.topic == "worker.restarted")
+            t0 = time.monotonic()  # the replacement is spawning right now
+            async with asyncio.timeout(WAIT):
+                await pool.aclose()
+            elapsed = time.monotonic() - t0
+            events = drain(sub)
+    exits = [e for e in events if e.topic == "worker.exited"]
+    assert len(exits) == 1
+    assert exits[0].reason == "stopped", exits[0]
+    assert elapsed < 2.0, elapsed  # a spawn, not STOP_GRACE
+
+
+def drain(sub: Any) -> list[Any]:
+    out = []
+    while (event := sub.get_nowait()) is not None:
+        out.append(event)
+    return out

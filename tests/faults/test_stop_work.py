@@ -107,3 +107,30 @@ async def test_cancelled_queued_call_never_runs(tmp_path: Path) -> None:
             await pool.add_task(f.add, 1, 1)
         assert not os.path.exists(marker)
         assert queued.started_at is None
+
+
+@pytest.mark.uvloop
+async def test_sync_call_cancelled_while_its_start_is_on_the_way_is_stopped() -> None:
+    """The pool cancels a call it still thinks is queued, but the worker has already
+    started it (its Started frame is in flight). A sync call cannot be interrupted: when
+    the late Started arrives, the worker must be killed, not left blocked."""
+    async with Gate() as gate, FunctionPool(1, worker="process") as pool:
+        worker = pool._sched.slots[0].worker
+        assert worker is not None
+        channel = worker._channel
+        pid = worker.pid
+        channel.transport.pause_reading()  # the pool will not see Started for now
+        try:
+            task = pool.add_task(f.block_gate, gate.path, "stuck")
+            await gate.arrived("stuck")  # it is running in the worker
+            assert task.state is TaskState.QUEUED  # as far as the pool knows
+            assert task.cancel() is True
+        finally:
+            channel.transport.resume_reading()
+        async with asyncio.timeout(WAIT):
+            assert isinstance(await settle(task), TaskCancelled)
+            await gate.hung_up("stuck")  # its worker was killed: the call did not go on
+            assert await pool.add_task(f.add, 1, 1) == 2
+        assert gone(pid)
+        assert pool.snapshot().workers[0].restarts == 1
+        assert pool.status("started") == 1  # the follow-up only: the cancelled one never counted

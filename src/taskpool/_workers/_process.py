@@ -112,17 +112,32 @@ class ProcessWorker(Worker):
         self._pid = proc.pid
         if self._stopping:  # stop() came while we were spawning: it could not be sent then
             self._write(_wire.Shutdown())
-        path = log_path(self.spec.log_dir, self.spec.pool_name, self.id)
-        if path is not None:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            self._logfile = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in finally
+        self._logfile = self._open_log()
         try:
             async with anyio.create_task_group() as tg:
-                assert proc.stdout is not None and proc.stderr is not None
+                assert proc.stdout is not None
+                assert proc.stderr is not None
                 tg.start_soon(self._read_lines, proc.stdout, "stdout")
                 tg.start_soon(self._read_lines, proc.stderr, "stderr")
                 with anyio.fail_after(START_TIMEOUT):
-                    await self._handshake(channel)
+                    answered = await self._handshake(channel)
+                if not answered:
+                    # It closed the channel first: stopped before it was up (a Shutdown
+                    # sent while it started), or it could not start. Its exit says which.
+                    with anyio.move_on_after(STOP_GRACE):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        self.kill()
+                        await proc.wait()
+                    info = self._exit_info(proc.returncode)
+                    if not info.failed:
+                        return info
+                    return WorkerExit(
+                        failed=True,
+                        reason=f"{info.reason} before its handshake",
+                        exitcode=info.exitcode,
+                        signal=info.signal,
+                    )
                 on_ready()
                 await proc.wait()
                 await self._drain(channel)
@@ -158,11 +173,21 @@ class ProcessWorker(Worker):
         if closed is not None and not closed.done():
             await asyncio.wait({closed}, timeout=DRAIN_TIMEOUT)
 
-    async def _handshake(self, channel: _Channel) -> None:
-        assert self._hello is not None and channel.closed is not None
-        done, _ = await asyncio.wait({self._hello, channel.closed}, return_when=asyncio.FIRST_COMPLETED)
-        if self._hello not in done:
-            raise _wire.WireError("the worker closed its channel before the handshake")
+    def _open_log(self) -> IO[str] | None:
+        """The worker's file under ``log_dir`` (appended to across restarts), if any."""
+        path = log_path(self.spec.log_dir, self.spec.pool_name, self.id)
+        if path is None:
+            return None
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "a", encoding="utf-8", buffering=1)  # closed by run()
+
+    async def _handshake(self, channel: _Channel) -> bool:
+        """Wait for ``Hello``; False when the channel closed first."""
+        assert self._hello is not None
+        assert channel.closed is not None
+        waiting: set[asyncio.Future[Any]] = {self._hello, channel.closed}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        return self._hello in done
 
     def _exit_info(self, rc: int | None) -> WorkerExit:
         if self._retired:
@@ -216,6 +241,11 @@ class ProcessWorker(Worker):
                 self._returning.discard(msg.id)  # it began before Shutdown: it runs here
                 self.current = task
                 self._running.add(msg.id)
+                if task.done() and not _is_async(task.fn):
+                    # Cancelled while its start was on the way: our Cancel reaches the
+                    # child only after the call, which nothing can interrupt. Stop it.
+                    self._retire_now(f"call {msg.id} was cancelled as it started")
+                    return
                 host.task_started(self, task)
         elif type(msg) is _wire.Error:
             task = self._calls.pop(msg.id, None)
@@ -235,9 +265,8 @@ class ProcessWorker(Worker):
             except Exception as exc:
                 data = f"<undecodable: {exc!r}>"
             host.worker_publish(self, msg.topic, data, msg.task_id)
-        elif type(msg) is _wire.Hello:
-            if self._hello is not None and not self._hello.done():
-                self._hello.set_result(msg)
+        elif type(msg) is _wire.Hello and self._hello is not None and not self._hello.done():
+            self._hello.set_result(msg)
 
     def _answered(self, call_id: int) -> None:
         self._running.discard(call_id)
@@ -294,9 +323,14 @@ class ProcessWorker(Worker):
     def _cancel_overdue(self, call_id: int) -> None:
         self._timers.pop(call_id, None)
         if call_id in self._calls:
-            self.host.worker_log(self, "stderr", f"taskpool: call {call_id} ignored cancellation; killing worker")
-            self._retired = True
-            self.kill()
+            self._retire_now(f"call {call_id} ignored cancellation")
+
+    def _retire_now(self, why: str) -> None:
+        """Kill the worker for work that cannot be stopped otherwise; the pool replaces
+        it at once (a retirement, not a failure)."""
+        self.host.worker_log(self, "stderr", f"taskpool: {why}; killing worker")
+        self._retired = True
+        self.kill()
 
     def reclaim(self, task: Task[Any]) -> bool:
         # Work stealing: ask the child to hand back an unstarted call. It answers
