@@ -75,6 +75,7 @@ from ._types import (
 from ._workers import CancelResult, Worker, WorkerExit, WorkerSpec, backend
 
 if TYPE_CHECKING:
+    from ._persistent import _Starter
     from ._service import Service
 
 __all__ = ["FunctionPool"]
@@ -1249,7 +1250,7 @@ class FunctionPool:
         worker: str = "process",
         timeout: float | None = None,
         restart: RestartPolicy | None = None,
-    ) -> Any:
+    ) -> _Starter[Any]:
         """Like :func:`taskpool.import_persistent_worker`, tied to this pool's life.
 
         The worker does not count toward ``pool_size``; it shows in :meth:`snapshot`,

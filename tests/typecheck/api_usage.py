@@ -72,3 +72,9 @@ async def usage() -> None:
     assert_type(await proxy.call(math.slow_add, 1, 2), int)
     await proxy.terminate()
     taskpool.publish("topic", {"x": 1})
+
+
+async def pool_bound() -> None:
+    async with FunctionPool(1, worker="inline") as pool:
+        async with pool.import_persistent_worker("taskpool.examples.math", worker="thread") as proxy:
+            assert_type(await proxy.call(math.fib, 10), int)
