@@ -103,8 +103,8 @@ class ExecutorPeer(Peer):
     notes = "loop.run_in_executor(ProcessPoolExecutor(...), fn, *args)"
 
     async def start(self) -> None:
-        import multiprocessing  # noqa: PLC0415 - only the measured peer is imported
-        from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415 - only the measured peer is imported
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(self.method))
 
@@ -143,8 +143,8 @@ class AnyioPeer(Peer):
     )
 
     async def start(self) -> None:
-        import anyio  # noqa: PLC0415 - only the measured peer is imported
-        from anyio import to_process  # noqa: PLC0415 - only the measured peer is imported
+        import anyio
+        from anyio import to_process
 
         self.limiter = anyio.CapacityLimiter(self.workers)
         self.run_sync = to_process.run_sync
@@ -168,7 +168,7 @@ class AiomultiprocessPeer(Peer):
     )
 
     async def start(self) -> None:
-        from aiomultiprocess import Pool  # noqa: PLC0415 - only the measured peer is imported
+        from aiomultiprocess import Pool
 
         self.pool = Pool(processes=self.workers, **self.options)
 
@@ -192,7 +192,7 @@ class AiomultiprocessPeer(Peer):
         await self.pool.join()
         # Every aiomultiprocess process registers with one global SyncManager, which
         # otherwise lives on until the interpreter exits: stop it with the pool.
-        from aiomultiprocess.core import get_manager  # noqa: PLC0415 - only the measured peer is imported
+        from aiomultiprocess.core import get_manager
 
         get_manager().shutdown()
 
@@ -204,7 +204,7 @@ class LokyPeer(Peer):
     notes = "asyncio.wrap_future(get_reusable_executor(max_workers=n).submit(fn, *args))"
 
     async def start(self) -> None:
-        from loky import get_reusable_executor  # noqa: PLC0415 - only the measured peer is imported
+        from loky import get_reusable_executor
 
         self.executor = get_reusable_executor(max_workers=self.workers)
 
@@ -228,7 +228,7 @@ class PebblePeer(Peer):
     notes = "asyncio.wrap_future(ProcessPool(max_workers=n).schedule(fn, args))"
 
     async def start(self) -> None:
-        from pebble import ProcessPool  # noqa: PLC0415 - only the measured peer is imported
+        from pebble import ProcessPool
 
         self.pool: Any = ProcessPool(max_workers=self.workers)
 

@@ -27,7 +27,7 @@ from benchmarks._harness import NotApplicable, leftover_children
 
 def run_on_loop(coro: Coroutine[Any, Any, dict[str, Any]], loop: str) -> dict[str, Any]:
     if loop == "uvloop":
-        import uvloop  # noqa: PLC0415 - only when asked for
+        import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(coro)

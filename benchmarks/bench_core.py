@@ -128,8 +128,8 @@ async def thread_executor(p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def thread_anyio(p: dict[str, Any]) -> dict[str, Any]:
-    import anyio  # noqa: PLC0415 - only the measured peer is imported
-    from anyio import to_thread  # noqa: PLC0415
+    import anyio
+    from anyio import to_thread
 
     n, fn = p["n"], wl.noop
     limiter = anyio.CapacityLimiter(2)

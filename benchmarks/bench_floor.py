@@ -102,7 +102,7 @@ def _run(coro: Any, loop_kind: str) -> Any:
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if loop_kind in ("uvloop", "auto"):
         try:
-            import uvloop  # noqa: PLC0415 - optional
+            import uvloop
 
             factory = uvloop.new_event_loop
         except ImportError:

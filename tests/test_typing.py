@@ -14,9 +14,10 @@ HERE = Path(__file__).parent
 
 @pytest.mark.slow
 def test_public_api_types_check_under_mypy_strict() -> None:
-    if shutil.which("mypy") is None and subprocess.run(
-        [sys.executable, "-c", "import mypy"], capture_output=True, check=False
-    ).returncode:
+    if (
+        shutil.which("mypy") is None
+        and subprocess.run([sys.executable, "-c", "import mypy"], capture_output=True, check=False).returncode
+    ):
         pytest.fail("mypy is part of the test extra: pip install -e '.[test]'")
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(HERE / "typecheck" / "api_usage.py")],
