@@ -95,6 +95,8 @@ _TOPIC = {
     _CANCELLED: "task.cancelled",
 }
 _pool_numbers = itertools.count(1)
+#: Attempts a worker gets to come up while the pool starts, whatever the restart policy.
+START_ATTEMPTS = 3
 # Set inside the pool's async hooks: work they add while the pool drains is accepted.
 _in_hook: contextvars.ContextVar[object] = contextvars.ContextVar("taskpool_in_hook", default=None)
 
@@ -307,6 +309,7 @@ class FunctionPool:
 
     async def _host(self, ready: asyncio.Future[None]) -> None:
         assert self._stop_event is not None
+        started = False
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -321,6 +324,7 @@ class FunctionPool:
                     raise
                 if not ready.done():
                     ready.set_result(None)
+                started = True
                 for extra in self._extras:
                     if getattr(extra, "state", None) == "new" and hasattr(extra, "run"):
                         tg.start_soon(extra.run)  # services added before start
@@ -348,7 +352,7 @@ class FunctionPool:
             self._cancel_all(PoolBroken(f"pool {self.name!r} stopped unexpectedly: {exc!r}"))
             if not isinstance(exc, (asyncio.CancelledError, Exception)):
                 raise
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and started:  # a failed start is raised by start()
                 self._log.error("pool host failed", exc_info=exc)
         finally:
             self._tg = None
@@ -398,15 +402,20 @@ class FunctionPool:
                 self._emit_worker("worker.restarted", worker, reason=exit.reason, attempt=slot.restarts)
                 continue
             delay = backoff.down(time.monotonic(), failed=exit.failed, reason=exit.reason)
+            if not reported and backoff.failures >= START_ATTEMPTS:
+                # start() must answer: a worker that cannot come up at all is not retried
+                # for ever while the caller waits (after start, the policy's limit rules).
+                delay = None
             if delay is None:
                 # The slot will never have a worker again (limit spent, or mode "never").
                 slot.state = "exited"
                 slot.dead = True
-                why = (
-                    f"restart limit {self.restart.limit} spent"
-                    if backoff.exhausted
-                    else f"restart mode {self.restart.mode!r}"
-                )
+                if backoff.exhausted:
+                    why = f"restart limit {self.restart.limit} spent"
+                elif not reported and backoff.failures >= START_ATTEMPTS:
+                    why = f"failed {backoff.failures} times before answering its handshake"
+                else:
+                    why = f"restart mode {self.restart.mode!r}"
                 self._log.error("worker will not be restarted", worker_id=slot.id, why=why, reason=exit.reason)
                 self._check_broken(backoff.last_failures or [exit.reason], why)
                 if not reported:  # start() fails: this worker never came up

@@ -81,3 +81,24 @@ async def test_reset_after_forgives_failures_after_a_healthy_period() -> None:
         assert pool.state == "broken"
         with pytest.raises(PoolBroken, match="restart limit 2 spent"):
             pool.add_task(f.add, 2, 2)
+
+
+async def test_start_fails_promptly_when_workers_can_never_come_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even with no restart limit, start() must answer: three failed starts per worker.
+    import taskpool._pool
+    import taskpool._workers._process as process
+
+    attempts = 0
+
+    async def cannot_spawn(*args: Any, **kwargs: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        raise OSError("no interpreter here")
+
+    monkeypatch.setattr(process, "spawn_child", cannot_spawn)
+    pool = FunctionPool(2, worker="process", restart=RestartPolicy(delay=0.01, limit=None))
+    with pytest.raises(PoolBroken, match="failed 3 times before answering its handshake") as info:
+        await asyncio.wait_for(pool.start(), WAIT)
+    assert "no interpreter here" in str(info.value)
+    assert attempts == 2 * taskpool._pool.START_ATTEMPTS
+    await pool.aclose()
