@@ -13,7 +13,6 @@ import collections
 import fnmatch
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -141,7 +140,6 @@ class EventBus:
         self._closed = False
         self._default_maxsize = default_maxsize
         self._source = source
-        self._on_error: Callable[[str, BaseException], None] | None = None
 
     @property
     def closed(self) -> bool:

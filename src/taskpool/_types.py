@@ -75,7 +75,7 @@ class WorkerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     pid: int | None
     thread_name: str | None
-    state: str  # "starting" | "idle" | "busy" | "stopping" | "exited" | "restarting"
+    state: str  # "starting" | "idle" | "busy" | "recycling" | "restarting" | "exited" | "dead"
     tasks_done: int
     restarts: int
     current_task: int | None
