@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import socket
-import string
 import subprocess
 import sys
 import textwrap
@@ -34,16 +33,12 @@ from taskpool._wire import (
     ERR_UNSENDABLE,
     FMT_PICKLE,
     Call,
-    CallAttr,
     Cancel,
     Error,
-    Exports,
     FnRef,
     FrameProtocol,
     FunctionTable,
-    GetAttr,
     Hello,
-    Import,
     Publish,
     Result,
     Shutdown,
@@ -176,11 +171,11 @@ class Channel:
         self.log.append(msg)
         return msg
 
-    async def answer(self, cid: int) -> Result | Error | Exports:
+    async def answer(self, cid: int) -> Result | Error:
         """The final answer to ``cid``; what arrives before it stays in ``log``."""
         while True:
             msg = await self.next()
-            if isinstance(msg, (Result, Error, Exports)) and msg.id == cid:
+            if isinstance(msg, (Result, Error)) and msg.id == cid:
                 return msg
 
     async def value(self, cid: int) -> Any:
@@ -535,38 +530,6 @@ async def test_parent_sys_path_cwd_and_environment_reach_the_child(
     finally:
         assert await ch.close() == 0
         sys.modules.pop("taskpool_extra_mod", None)
-
-
-# --- persistent workers --------------------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_import_getattr_and_callattr(chan: Channel) -> None:
-    chan.send(Import(1, "string"))
-    exports = await chan.answer(1)
-    assert isinstance(exports, Exports)
-    assert "capwords" in exports.callables
-    assert "Template" in exports.callables
-    assert "ascii_lowercase" in exports.attributes
-    assert exports.coroutines == []
-    chan.send(GetAttr(2, "ascii_lowercase"))
-    assert await chan.value(2) == string.ascii_lowercase
-    chan.send(CallAttr(3, "capwords", *dump_args(("hello world",))))
-    assert await chan.value(3) == "Hello World"
-    chan.send(GetAttr(4, "no_such_name"))
-    with pytest.raises(AttributeError):
-        await chan.value(4)
-
-    chan.send(Import(5, "asyncio"))
-    exports = await chan.answer(5)
-    assert isinstance(exports, Exports)
-    assert "sleep" in exports.coroutines
-    chan.send(CallAttr(6, "sleep", *dump_args((0, "slept"))))
-    assert await chan.value(6) == "slept"
-
-    chan.send(Import(7, "no_such_module_for_taskpool_tests"))
-    with pytest.raises(ModuleNotFoundError):
-        await chan.value(7)
 
 
 # --- lifetime -------------------------------------------------------------------------------------

@@ -51,7 +51,6 @@ import subprocess
 import sys
 import threading
 import traceback
-import types
 from asyncio import events
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -65,18 +64,13 @@ from taskpool._wire import (
     ERR_UNSENDABLE,
     FMT_PICKLE,
     Call,
-    CallAttr,
     Cancel,
     Error,
-    Exports,
     FnDef,
     FrameProtocol,
-    GetAttr,
     Hello,
-    Import,
     Publish,
     Result,
-    Shutdown,
     Started,
     ToChild,
     WireError,
@@ -258,7 +252,7 @@ class _FnSlot:
 class _Job:
     __slots__ = ("msg", "slot")
 
-    def __init__(self, msg: Call | CallAttr | GetAttr | Import, slot: _FnSlot | None) -> None:
+    def __init__(self, msg: Call, slot: _FnSlot) -> None:
         self.msg = msg
         self.slot = slot
 
@@ -276,7 +270,6 @@ class Worker(FrameProtocol[ToChild]):
         self.running: dict[int, tuple[_Job, asyncio.Task[Any]]] = {}
         self.current: _Job | None = None  # the sync call running now, if any
         self.fns: dict[int, _FnSlot] = {}
-        self.module: types.ModuleType | None = None
         self.in_sync = False  # a sync call is running: the loop is blocked
         self.stopping = False  # Shutdown received
         self.lost = False  # the channel is gone
@@ -309,11 +302,8 @@ class Worker(FrameProtocol[ToChild]):
         elif t is Cancel:
             assert isinstance(msg, Cancel)
             self._cancel(msg.id, msg.queued_only)
-        elif t is Shutdown:
-            self._shutdown()
         else:
-            assert isinstance(msg, (CallAttr, GetAttr, Import))
-            self.queue.append(_Job(msg, None))
+            self._shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The parent closed the channel (or died): stop everything."""
@@ -369,29 +359,17 @@ class Worker(FrameProtocol[ToChild]):
     def _run(self, job: _Job) -> None:
         msg = job.msg
         cid = msg.id
-        if type(msg) is GetAttr:
-            self._get_attr(cid, msg.name)
-            return
-        if type(msg) is Import:
-            self._import(cid, msg.module)
-            return
         self.send(Started(cid))
         slot = job.slot
-        if (slot is not None and slot.fn is None) or msg.fmt == FMT_PICKLE:  # type: ignore[union-attr]
+        if slot.fn is None or msg.fmt == FMT_PICKLE:
             # Loading runs user code (an import, a __reduce__) that may kill the process:
             # the parent must know the call had started, or it would requeue it on the
             # next worker, which would die the same way. Plain msgpack arguments and a
             # function already loaded run nothing: their Started goes with the next write.
             self.flush()
         try:
-            if slot is not None:
-                fn = slot.resolve()
-                is_async = slot.is_async
-            else:
-                assert isinstance(msg, CallAttr)
-                fn = self._attr(msg.name)
-                is_async = inspect.iscoroutinefunction(fn)
-            assert isinstance(msg, (Call, CallAttr))
+            fn = slot.resolve()
+            is_async = slot.is_async
             args = load_payload(msg.fmt, msg.data, msg.bufs)
         except BaseException as exc:
             self._send_error(cid, ERR_LOAD, exc)
@@ -440,46 +418,6 @@ class Worker(FrameProtocol[ToChild]):
             else:
                 self._send_error(cid, ERR_RAISED, exc)
         self._pump()
-
-    def _attr(self, name: str) -> Any:
-        if self.module is None:
-            raise RuntimeError("no module was imported in this worker")
-        return getattr(self.module, name)
-
-    def _get_attr(self, cid: int, name: str) -> None:
-        try:
-            value = self._attr(name)
-        except BaseException as exc:
-            self._send_error(cid, ERR_RAISED, exc)
-            return
-        self._send_result(cid, value)
-
-    def _import(self, cid: int, name: str) -> None:
-        try:
-            import importlib  # persistent workers only
-
-            module = importlib.import_module(name)
-            names = getattr(module, "__all__", None)
-            if names is None:
-                names = [n for n in dir(module) if not n.startswith("_")]
-            callables: list[str] = []
-            coroutines: list[str] = []
-            attributes: list[str] = []
-            for n in names:
-                value = getattr(module, n, None)
-                if isinstance(value, types.ModuleType):
-                    continue
-                if callable(value):
-                    callables.append(n)
-                    if inspect.iscoroutinefunction(value):
-                        coroutines.append(n)
-                else:
-                    attributes.append(n)
-        except BaseException as exc:
-            self._send_error(cid, ERR_RAISED, exc)
-            return
-        self.module = module
-        self.send(Exports(cid, name, callables, coroutines, attributes))
 
     # -- answering
     def _send_result(self, cid: int, value: Any) -> None:

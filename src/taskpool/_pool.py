@@ -218,9 +218,7 @@ class FunctionPool:
         self.events: EventBus = EventBus(source=self.name)
         self._log = structlog.get_logger("taskpool").bind(pool=self.name)
         self.concurrency: int = _check_count("concurrency", concurrency) or 1
-        self._spec = WorkerSpec(
-            pool_name=self.name, log_dir=self.log_dir, max_memory=self._max_memory, concurrency=self.concurrency
-        )
+        self._spec = WorkerSpec(pool_name=self.name, log_dir=self.log_dir, concurrency=self.concurrency)
         self._sched = Scheduler(max_queue=self._max_queue, keep_records=keep_records)
         # Set by persistent workers and services, which run on a private pool of their
         # own: unique worker ids, a role for dashboards, worker events on the parent's bus.

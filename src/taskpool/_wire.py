@@ -27,9 +27,6 @@ to decode)::
       |  <---------- Publish(task_id, topic, data) ---  |  taskpool.publish() in the task
       |  <------------- Result(id, value) | Error(id) ---  |  when it ends
       |  --- Cancel(id) ------------------------------>  |  -> Error(id, kind=CANCELLED)
-      |  --- Import(id, module) ---------------------->  |  persistent workers:
-      |  <------------ Exports(id, names...) | Error ---  |    import, then
-      |  --- CallAttr(id, name, args) | GetAttr(id) -->  |    calls / attribute reads
       |  --- Shutdown() ------------------------------>  |  finish the running call, exit 0
       |  (socket closed) ----------------------------->  |  EOF: the child exits at once
 
@@ -84,20 +81,15 @@ __all__ = [
     "LARGE",
     "PROTOCOL_VERSION",
     "Call",
-    "CallAttr",
     "Cancel",
     "Error",
-    "Exports",
     "FnRef",
     "FnValue",
     "FrameParser",
     "FrameProtocol",
     "FrameWriter",
     "FunctionTable",
-    "GetAttr",
     "Hello",
-    "Import",
-    "Log",
     "Publish",
     "Result",
     "Shutdown",
@@ -204,30 +196,6 @@ class Shutdown(_Msg, tag=3):
     """Finish the running call, cancel the queued ones, and exit 0."""
 
 
-class Import(_Msg, tag=4):
-    """Persistent worker: import ``module`` (dotted name); answered by :class:`Exports`."""
-
-    id: int
-    module: str
-
-
-class GetAttr(_Msg, tag=5):
-    """Persistent worker: read the imported module's attribute; answered by Result."""
-
-    id: int
-    name: str
-
-
-class CallAttr(_Msg, tag=6):
-    """Persistent worker: call the imported module's function ``name`` with the args."""
-
-    id: int
-    name: str
-    fmt: int
-    data: Any
-    bufs: list[Any] = []
-
-
 class Hello(_Msg, tag=20):
     """First frame from a child: it is up and serving."""
 
@@ -278,34 +246,10 @@ class Publish(_Msg, tag=24):
     bufs: list[Any] = []
 
 
-class Exports(_Msg, tag=25):
-    """Answer to :class:`Import`: the module's public names.
-
-    ``callables`` can be called (``coroutines`` is the subset that are coroutine
-    functions), ``attributes`` are plain values read with :class:`GetAttr`.
-    """
-
-    id: int
-    module: str
-    callables: list[str]
-    coroutines: list[str]
-    attributes: list[str]
-
-
-class Log(_Msg, tag=26):
-    """A log record forwarded from the worker (reserved: workers currently log to
-    stderr, which the parent reads line by line)."""
-
-    level: int
-    logger: str
-    message: str
-    task_id: int | None = None
-
-
-ToChild: TypeAlias = Call | Cancel | Shutdown | Import | GetAttr | CallAttr
-ToParent: TypeAlias = Hello | Started | Result | Error | Publish | Exports | Log
+ToChild: TypeAlias = Call | Cancel | Shutdown
+ToParent: TypeAlias = Hello | Started | Result | Error | Publish
 #: Message types followed by segments (their ``bufs`` field).
-_SEGMENTED: Final = frozenset({Call, CallAttr, Result, Publish})
+_SEGMENTED: Final = frozenset({Call, Result, Publish})
 
 M = TypeVar("M")
 

@@ -48,7 +48,6 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     pool_name: str
     log_dir: str | None = None
-    max_memory: int | None = None
     #: Seconds a cancelled async call has to stop before its worker is killed
     #: (None: the kind's default); a service sets it to its stop grace.
     cancel_grace: float | None = None
