@@ -1,17 +1,23 @@
 """The protocol between a pool and its workers, shared by every worker kind.
 
-One module per kind (``_inline``, ``_thread``, ``_process``) implements :class:`Worker`;
-the pool implements :class:`WorkerHost`. All of ``Worker``'s methods except ``run`` are
-synchronous and non-blocking: the pool's bookkeeping never awaits a worker.
+One module per kind (``_inline``, ``_thread``, ``_process``; a third-party kind registers
+itself, see :mod:`taskpool._workers`) implements :class:`Worker`; the pool's core
+implements :class:`WorkerHost`. All of ``Worker``'s methods except ``run`` and
+``join_abandoned`` are synchronous and non-blocking: the pool's bookkeeping never awaits
+a worker.
 
-A worker reports back by calling the host's methods **on the pool's event loop**
-(a thread or process worker forwards its reports there, in batches).
+A kind says what it can do in its :class:`Capabilities`; the core asks those, never a
+kind's name. A worker reports back by calling the host's methods **on the pool's event
+loop** (a thread or process worker forwards its reports there, in batches), with the
+times it took *in the worker* (``time.time()``, the parent's clock).
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -19,19 +25,49 @@ import msgspec
 
 if TYPE_CHECKING:
     import asyncio
-    import os
 
     from .._task import Task
 
-__all__ = ["CancelResult", "Worker", "WorkerExit", "WorkerHost", "WorkerSpec"]
+__all__ = ["Capabilities", "CancelResult", "Worker", "WorkerExit", "WorkerHost", "WorkerSpec", "log_path"]
 
 
 class CancelResult(enum.Enum):
     """What :meth:`Worker.cancel` could do about a task."""
 
     REMOVED = "removed"  # it had not started; the worker will never report it
-    STOPPING = "stopping"  # it is being stopped; the worker reports it finished soon
+    STOPPING = "stopping"  # it is being stopped (or never started); the worker may still report it
     UNSTOPPABLE = "unstoppable"  # it cannot be interrupted: retire the worker
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker kind can do; the core decides by these, never by the kind's name.
+
+    Attributes:
+        isolated: each worker is an interpreter of its own (modules, globals and memory
+            are its own): a persistent worker imports the real module there instead of a
+            private copy, and tasks can be stopped by ending the worker.
+        window: how many calls the pool may hand a worker beyond those it runs at once;
+            more than one lets it start its next call without a round trip.
+        adaptive_window: open the window only while the worker's calls are short (a
+            worker that cannot give back unstarted calls while it runs should not hold
+            any behind a long one).
+        reclaims_unstarted: ``reclaim`` can take back a call the worker has not started
+            (answered later through ``task_returned``), so idle workers steal work.
+        keeps_order: calls handed to one worker start in the order they were handed.
+        has_pid: workers are OS processes with a pid and an exit code.
+        reports_memory: ``memory()`` gives the worker's own resident memory, so
+            ``max_memory_per_worker`` can recycle it.
+        remote: workers may run on another machine (``node`` names it).
+    """
+
+    isolated: bool
+    window: int = 1
+    adaptive_window: bool = False
+    reclaims_unstarted: bool = False
+    keeps_order: bool = True
+    has_pid: bool = False
+    reports_memory: bool = False
+    remote: bool = False
 
 
 class WorkerExit(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,18 +91,21 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkerHost(Protocol):
-    """What a worker calls on its pool (always on the pool's event loop)."""
+    """What a worker calls on its pool (always on the pool's event loop).
+
+    ``at`` is a ``time.time()`` taken in the worker when the event happened there.
+    """
 
     loop: asyncio.AbstractEventLoop
 
-    def task_started(self, worker: Worker, task: Task[Any]) -> None:
+    def task_started(self, worker: Worker, task: Task[Any], at: float) -> None:
         """The worker began running ``task``."""
 
-    def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any) -> None:
+    def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
         """``task`` ended: ``value`` is its result (``ok``) or its exception."""
 
     def task_returned(self, worker: Worker, task: Task[Any]) -> None:
-        """The worker hands back ``task`` unstarted (it is stopping); requeue it."""
+        """The worker hands back ``task`` unstarted (it is stopping, or it was reclaimed)."""
 
     def batch_done(self) -> None:
         """A batch of reports was delivered: dispatch more work, check for drain."""
@@ -79,32 +118,25 @@ class WorkerHost(Protocol):
 
 
 class Worker(abc.ABC):
-    """One worker of a pool: runs the tasks handed to it, one at a time, in order.
+    """One worker of a pool: runs the tasks handed to it, in order, ``concurrency`` at once.
 
     Attributes:
-        kind: ``"inline"``, ``"thread"`` or ``"process"``.
-        window: how many tasks the pool may hand over before the first finishes; more
-            than one lets a worker start its next task without a round trip.
-        adaptive_window: start at one and open up to ``window`` only while the worker's
-            calls are short (a worker that cannot give back unstarted calls while it
-            runs, like a process busy in sync code, should not hold any behind a long one).
+        kind: the name the kind is registered under.
+        capabilities: what the kind can do (see :class:`Capabilities`).
         id: the worker's id in its pool (its slot: stable across restarts).
     """
 
     kind: ClassVar[str]
-    window: ClassVar[int] = 1
-    adaptive_window: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities]
 
     def __init__(self, host: WorkerHost, worker_id: int, spec: WorkerSpec) -> None:
         self.host = host
         self.id = worker_id
         self.spec = spec
-        self.tasks_done = 0
-        self.current: Task[Any] | None = None
 
     @property
     def pid(self) -> int | None:
-        """The worker's process id (process workers), else ``None``."""
+        """The worker's process id (kinds with ``has_pid``), else ``None``."""
         return None
 
     @property
@@ -112,12 +144,18 @@ class Worker(abc.ABC):
         """The worker's thread name (thread workers), else ``None``."""
         return None
 
+    @property
+    def node(self) -> str | None:
+        """The host name the worker runs on (remote kinds), else ``None``."""
+        return None
+
     @abc.abstractmethod
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         """Start the worker, call ``on_ready()`` once it can take tasks, serve until it ends.
 
         Returns how it ended. Cancelling ``run`` stops the worker at once (killing it
-        if need be) before re-raising.
+        if need be) before re-raising. Once :meth:`abandon` was called, ``run`` returns
+        soon whatever the worker does.
         """
 
     @abc.abstractmethod
@@ -129,12 +167,16 @@ class Worker(abc.ABC):
         """Stop ``task``'s work, whether it is waiting in the worker or running."""
 
     def reclaim(self, task: Task[Any]) -> bool:
-        """Take back ``task`` if the worker has not started it; True when taken back."""
+        """Take back ``task`` if the worker has not started it; True when taken back now.
+
+        A kind that can only answer later returns False and reports
+        ``task_returned`` when the worker gave it back.
+        """
         return False
 
     @abc.abstractmethod
     def stop(self) -> None:
-        """Finish the tasks already handed over, then end ``run`` cleanly."""
+        """Finish the tasks already started, hand back the rest, then end ``run`` cleanly."""
 
     @abc.abstractmethod
     def kill(self) -> None:
@@ -144,15 +186,30 @@ class Worker(abc.ABC):
         """Detach from work that cannot be stopped: ``run`` returns now (the default kills)."""
         self.kill()
 
+    async def join_abandoned(self, timeout: float) -> bool:
+        """After :meth:`abandon`: wait up to ``timeout`` s for what still runs to end.
+
+        True once nothing of the worker is left running (a thread blocked in a call
+        ends when the call returns).
+        """
+        return True
+
     def memory(self) -> int | None:
-        """The worker's resident memory in bytes, where it has its own (process)."""
+        """The worker's resident memory in bytes (kinds with ``reports_memory``)."""
         return None
+
+
+_UNSAFE = re.compile(r"[^\w.:#@+,=-]+")
 
 
 def log_path(log_dir: str | os.PathLike[str] | None, pool_name: str, worker_id: int) -> str | None:
-    """The file a worker's output is copied to under ``log_dir``."""
+    """The file a worker's output is copied to under ``log_dir``.
+
+    The pool's name is made safe for a file name first (path separators, control
+    characters and other punctuation become ``_``, leading dots are dropped), so the
+    file is always inside ``log_dir``, whatever the name.
+    """
     if log_dir is None:
         return None
-    import os
-
-    return os.path.join(os.fspath(log_dir), f"{pool_name}-worker-{worker_id}.log")
+    safe = _UNSAFE.sub("_", pool_name).lstrip(".") or "pool"
+    return os.path.join(os.fspath(log_dir), f"{safe}-worker-{worker_id}.log")
