@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskpool import FunctionPool, Task, TaskCancelled, TaskState
+from taskpool import StatusType, FunctionPool, Task, TaskCancelled, TaskState
 
 from . import _funcs as f
 from ._support import Gate
@@ -47,8 +47,12 @@ def check_books(pool: FunctionPool, tasks: list[Task[Any]]) -> None:
     assert c["completed"] == c["succeeded"] + c["failed"] + c["cancelled"]
     assert c["remaining"] == c["queued"] + c["active"]
     states = Counter(t.state for t in tasks)
-    assert c["queued"] == states[TaskState.QUEUED]
-    assert c["active"] == states[TaskState.RUNNING]
+    # Every running task is active; a task not started yet is queued, or active while it
+    # waits in a worker's window.
+    assert c["queued"] + c["active"] == states[TaskState.QUEUED] + states[TaskState.RUNNING]
+    assert c["active"] >= states[TaskState.RUNNING]
+    assert len(pool.status("queued", StatusType.RAW)) == c["queued"]
+    assert len(pool.status("active", StatusType.RAW)) == c["active"]
     assert c["succeeded"] == states[TaskState.SUCCEEDED]
     assert c["failed"] == states[TaskState.FAILED]
     assert c["cancelled"] == states[TaskState.CANCELLED]

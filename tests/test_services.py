@@ -245,7 +245,7 @@ async def test_a_service_that_cannot_start_breaks_alone() -> None:
         async def no_workers() -> None:
             raise RuntimeError("no worker could be started")
 
-        service._pool.start = no_workers  # type: ignore[method-assign]  # fault injection
+        service._core.start = no_workers  # type: ignore[method-assign]  # fault injection
         events = await collect_until(sub, lambda e: e.topic == "service.stopped")
         assert [e.topic for e in events] == ["service.broken", "service.stopped"]
         assert events[0].instance == -1

@@ -19,6 +19,8 @@ semantically is, so callers can catch at the level they care about::
 
 from __future__ import annotations
 
+import traceback as _traceback
+
 __all__ = [
     "PoolBroken",
     "PoolClosed",
@@ -30,6 +32,7 @@ __all__ = [
     "TaskTimeout",
     "TaskpoolError",
     "WorkerCrashed",
+    "as_task_failed",
 ]
 
 
@@ -130,3 +133,22 @@ class QueueFull(TaskpoolError):
 
 class PoolBroken(TaskpoolError, RuntimeError):
     """No worker can be started any more: the restart policy's limit is spent."""
+
+
+def as_task_failed(exc: BaseException, tb: str | None = None) -> TaskFailed:
+    """A task's ``SystemExit``, ``KeyboardInterrupt`` or own ``CancelledError``, made safe.
+
+    Re-raising those in the awaiting code would stop the program or look like the
+    awaiter itself being cancelled, so every worker kind reports them as a
+    :class:`TaskFailed` carrying the type name, message and traceback text (``tb``, or
+    ``exc``'s own), with a :class:`RemoteTraceback` as ``__cause__``.
+    """
+    if tb is None:
+        tb = "".join(_traceback.format_exception(exc))
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    failed = TaskFailed(type(exc).__qualname__, message, tb)
+    failed.__cause__ = RemoteTraceback(tb)
+    return failed

@@ -1,7 +1,7 @@
 """Persistent workers: a module kept alive in a worker of its own, called through a proxy.
 
-A proxy is a private one-worker :class:`FunctionPool` of the chosen kind; each call is a
-task running ``getattr(module, name)(*args, **kwargs)`` in that worker. So calls through
+A proxy runs a private one-worker pool core of the chosen kind; each call is a task
+running ``getattr(module, name)(*args, **kwargs)`` in that worker. So calls through
 one proxy run one at a time in the order they were made (one worker, a FIFO queue), and
 timeouts and restarts behave as they do for pool tasks::
 
@@ -9,14 +9,14 @@ timeouts and restarts behave as they do for pool tasks::
       submitted at          FIFO queue                process: the child's own import
       call time                                       thread/inline: a private copy
 
-On a process worker the module is imported in the child (its ``sys.modules`` is its
-own). On a thread or inline worker the module's source is executed afresh, on the
-worker, into a private copy registered under a name of its own
+On a kind whose workers are isolated interpreters (process) the module is imported in
+the worker (its ``sys.modules`` is its own). On a kind sharing the pool's interpreter
+(thread, inline) the module's source is executed afresh, on the worker, into a private copy registered under a name of its own
 (``pkg.mod<taskpool-N>``, so dataclasses and pickling work) and never under
 ``pkg.mod``: each proxy has state of its own, and the parent's ``pkg.mod`` is untouched.
 
-The proxy watches its worker's events as they happen (a listener among the private
-pool's worker buses): when the worker dies, the calls still pending fail with
+The proxy hears its worker's events as they happen (a listener of the private core):
+when the worker dies, the calls still pending fail with
 :class:`WorkerCrashed` (they must not silently run on a fresh worker whose state started
 over), and without a restart policy the proxy is broken from then on, so later calls
 fail at once instead of waiting for a worker that will never come. When the worker is
@@ -41,16 +41,19 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import anyio
 
+from ._core import PoolCore
 from ._errors import PoolBroken, PoolClosed, TaskCancelled, WorkerCrashed
-from ._events import EventBus
-from ._pool import FunctionPool
+from ._options import PoolOptions, check_restart, check_timeout
 from ._restart import RestartPolicy
-from ._types import Event, WorkerEvent, WorkerSnapshot
+from ._status import worker_snapshots
+from ._types import PoolState, ProxyState, WorkerEvent, WorkerSnapshot
+from ._wire import is_async_callable
 
 if TYPE_CHECKING:
+    from ._events import EventBus
     from ._task import Task
 
-__all__ = ["PersistentWorker", "import_persistent_worker"]
+__all__ = ["PersistentWorker", "PersistentWorkerStarter", "import_persistent_worker"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,7 +87,7 @@ def exports_of(module: ModuleType) -> dict[str, str]:
             continue
         if isinstance(value, (ModuleType, _FEATURE)):
             continue
-        if inspect.iscoroutinefunction(value):
+        if is_async_callable(value):
             out[name] = COROUTINE
         elif callable(value):
             out[name] = FUNCTION
@@ -192,30 +195,6 @@ def _forget(key: str) -> None:
 # --- the proxy ---------------------------------------------------------------------------
 
 
-class _WorkerWatch(EventBus):
-    """Hears the private pool's worker events synchronously, as they are emitted.
-
-    It sits in the pool's list of worker buses, so the proxy reacts to a worker's end
-    before the pool goes on (requeued calls are failed before anything else runs).
-    """
-
-    def __init__(self, proxy: PersistentWorker[Any]) -> None:
-        super().__init__(source=f"{proxy.name} (watch)")
-        self._proxy = proxy
-
-    def wants(self, topic: str) -> bool:
-        return topic == "worker.exited"
-
-    def emit(self, event: Event) -> None:
-        if isinstance(event, WorkerEvent):
-            self._proxy._worker_exited(event)
-
-    def publish(
-        self, topic: str, data: Any = None, *, task_id: int | None = None, worker_id: int | None = None
-    ) -> None:
-        return None
-
-
 class PersistentWorker(Generic[M]):
     """An async proxy of a module living in a worker of its own.
 
@@ -246,7 +225,7 @@ class PersistentWorker(Generic[M]):
         worker: str = "process",
         timeout: float | None = None,
         restart: RestartPolicy | None = None,
-        parent: FunctionPool | None = None,
+        parent: PoolCore | None = None,
     ) -> None:
         if isinstance(module, ModuleType):
             module_name = module.__name__
@@ -258,32 +237,34 @@ class PersistentWorker(Generic[M]):
             raise ValueError("a persistent worker cannot import __main__; move the code to a module")
         if "<taskpool-" in module_name:
             module_name = module_name.partition("<taskpool-")[0]  # a private copy: the real module
-        if restart is not None and not isinstance(restart, RestartPolicy):
-            raise TypeError(f"restart must be a RestartPolicy or None, got {type(restart).__name__}")
+        restart = check_restart(restart, RestartPolicy(mode="never"))
         self.module_name = module_name
         self.worker_kind = worker
         self._parent = parent
         number = next(_numbers)
         name = f"{parent.name if parent else 'persistent'}:{module_name}#{number}"
-        self._pool = FunctionPool(
-            1,
+        options = PoolOptions(
+            pool_size=1,
             worker=worker,
-            task_timeout=timeout,
+            task_timeout=check_timeout("timeout", timeout),
             concurrency=1,  # one call at a time: the proxy's order guarantee
-            restart=restart or RestartPolicy(mode="never"),
+            restart=restart,
             keep_records=0,
             name=name,
-            log_dir=parent.log_dir if parent is not None else None,
+            log_dir=parent.options.log_dir if parent is not None else None,
         )
-        self._pool._role = "persistent"
-        self._pool._worker_buses.append(_WorkerWatch(self))
-        if parent is not None:
-            self._pool._worker_buses.append(parent.events)
-            self._pool._rebase(parent._next_worker_id(1))
-        self._private = PrivateModule(module_name) if worker != "process" else None
+        self._core = PoolCore(
+            options,
+            role="persistent",
+            first_worker_id=parent.reserve_worker_ids(1) if parent is not None else 0,
+            worker_buses=(parent.events,) if parent is not None else (),
+        )
+        self._core.worker_listeners.append(self._worker_event)
+        # A kind sharing the pool's interpreter gets a private copy of the module.
+        self._private = None if self._core.capabilities.isolated else PrivateModule(module_name)
         self._exports: dict[str, str] = {}
         self._pending: set[Task[Any]] = set()
-        self._state = "new"
+        self._state = ProxyState.NEW
         self._broken: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------
@@ -291,7 +272,7 @@ class PersistentWorker(Generic[M]):
     @property
     def name(self) -> str:
         """The proxy's name in logs, events and snapshots."""
-        return self._pool.name
+        return self._core.name
 
     @property
     def exports(self) -> dict[str, str]:
@@ -302,7 +283,7 @@ class PersistentWorker(Generic[M]):
     def events(self) -> EventBus:
         """The proxy's own event bus: its worker's ``worker.*`` and ``worker.log`` events
         (a pool-bound proxy also publishes them on its pool's bus)."""
-        return self._pool.events
+        return self._core.events
 
     async def start(self) -> PersistentWorker[M]:
         """Start the worker and import the module there; returns the proxy.
@@ -315,42 +296,43 @@ class PersistentWorker(Generic[M]):
             PoolClosed: the pool it is tied to is closing or closed.
             PoolBroken: the worker could not be started.
         """
-        if self._state != "new":
+        if self._state is not ProxyState.NEW:
             raise RuntimeError(f"persistent worker {self.name!r} was already started")
         parent = self._parent
-        if parent is not None and parent.state not in ("new", "running", "closing"):
+        if parent is not None and parent.state not in (PoolState.NEW, PoolState.RUNNING, PoolState.CLOSING):
             raise PoolClosed(f"pool {parent.name!r} is {parent.state}")
-        self._state = "starting"
+        self._state = ProxyState.STARTING
+        core = self._core
         try:
-            await self._pool.start()
+            await core.start()
             if self._private is not None:
-                task = self._pool.add_task(self._private.describe)
+                task = core.add(self._private.describe, (), None, None)
             else:
-                task = self._pool.add_task(remote_describe, self.module_name)
+                task = core.add(remote_describe, (self.module_name,), None, None)
             self._exports = await task
         except BaseException:
-            self._state = "terminated"
+            self._state = ProxyState.TERMINATED
             with anyio.CancelScope(shield=True):
-                await self._pool.aclose(cancel=True)
+                await core.aclose(cancel=True)
             if self._private is not None:
                 self._private.reset()
             raise
-        if self._state != "starting":  # terminate() was called meanwhile, and stopped the worker
+        if self._state is not ProxyState.STARTING:  # terminate() was called meanwhile
             raise PoolClosed(f"persistent worker {self.name!r} was terminated while starting")
-        self._state = "running"
+        self._state = ProxyState.RUNNING
         shadowed = sorted(n for n in self._exports if n in _OWN)
         if shadowed:
-            self._pool._log.warning(
+            core.log.warning(
                 "module names shadowed by the proxy's own attributes; call them with proxy.call(name)",
                 module=self.module_name,
                 names=shadowed,
             )
         if parent is not None:
-            if parent.state in ("closed", "broken") or parent._stop_event_set():
+            if parent.state in (PoolState.CLOSED, PoolState.BROKEN) or parent.stopping:
                 # The pool began stopping its workers while we started: it would never stop us.
                 await self.terminate()
                 raise PoolClosed(f"pool {parent.name!r} is {parent.state}")
-            parent._extras.append(self)
+            parent.attach(self)
         return self
 
     async def terminate(self) -> None:
@@ -359,23 +341,22 @@ class PersistentWorker(Generic[M]):
         Safe to call more than once. A blocking call running on a thread worker cannot
         be stopped: the thread is abandoned and ends when the call returns.
         """
-        if self._state != "terminated":
-            self._state = "terminated"
+        if self._state is not ProxyState.TERMINATED:
+            self._state = ProxyState.TERMINATED
             for task in list(self._pending):
                 if not task.done():
-                    self._pool._cancel_task(task, TaskCancelled(f"persistent worker {self.name!r} was terminated"))
+                    self._core.cancel_task(task, TaskCancelled(f"persistent worker {self.name!r} was terminated"))
         with anyio.CancelScope(shield=True):
-            await self._pool.aclose(cancel=True)
+            await self._core.aclose(cancel=True)
         if self._private is not None:
             self._private.reset()
-        parent = self._parent
-        if parent is not None and self in parent._extras:
-            parent._extras.remove(self)
+        if self._parent is not None:
+            self._parent.detach(self)
 
     aclose = terminate
 
     async def __aenter__(self) -> PersistentWorker[M]:
-        if self._state == "new":
+        if self._state is ProxyState.NEW:
             await self.start()
         return self
 
@@ -390,12 +371,12 @@ class PersistentWorker(Generic[M]):
     # --- calls ----------------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Task[Any]:
-        if self._state != "running":
-            what = "not started yet" if self._state in ("new", "starting") else self._state
+        if self._state is not ProxyState.RUNNING:
+            what = "not started yet" if self._state in (ProxyState.NEW, ProxyState.STARTING) else self._state
             raise PoolClosed(f"persistent worker {self.name!r} is {what}")
         if self._broken is not None:
             raise PoolBroken(self._broken)
-        task = self._pool.add_task(fn, *args)
+        task = self._core.add(fn, args, None, None)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task
@@ -445,7 +426,7 @@ class PersistentWorker(Generic[M]):
         """
         name = fn if isinstance(fn, str) else getattr(fn, "__name__", None)
         if not isinstance(name, str) or self._exports.get(name) not in (FUNCTION, COROUTINE):
-            if self._state in ("new", "starting"):
+            if self._state in (ProxyState.NEW, ProxyState.STARTING):
                 raise AttributeError(f"persistent worker for {self.module_name!r} is not started yet")
             raise AttributeError(f"module {self.module_name!r} has no function {name!r}")
         return self._invoke(name, args, kwargs)
@@ -455,7 +436,7 @@ class PersistentWorker(Generic[M]):
             raise AttributeError(name)
         kind = self._exports.get(name)
         if kind is None:
-            if self._state in ("new", "starting"):
+            if self._state in (ProxyState.NEW, ProxyState.STARTING):
                 raise AttributeError(f"persistent worker for {self.module_name!r} is not started yet")
             raise AttributeError(f"module {self.module_name!r} has no attribute {name!r}")
         if kind == VALUE:
@@ -465,18 +446,20 @@ class PersistentWorker(Generic[M]):
     def __dir__(self) -> list[str]:
         return sorted({*super().__dir__(), *self._exports})
 
-    def _worker_exited(self, event: WorkerEvent) -> None:
-        """The worker ended (called while the pool puts its books right)."""
+    def _worker_event(self, event: WorkerEvent) -> None:
+        """The worker ended (called while the core puts its books right)."""
+        if event.topic != "worker.exited":
+            return
         if self._private is not None:
             self._private.reset()  # the worker's copy goes with it: a new worker starts over
-        if self._state != "running" or event.reason in ("retired", "recycled"):
+        if self._state is not ProxyState.RUNNING or event.reason in ("retired", "recycled"):
             # Terminating; or replaced at once because a call overran its timeout and
             # could not be stopped: the calls behind it run on the fresh worker.
             return
         why = f"persistent worker {self.name!r} died ({event.reason})"
         for task in list(self._pending):  # the running call already failed the same way
             if not task.done():
-                self._pool._cancel_task(
+                self._core.cancel_task(
                     task,
                     WorkerCrashed(
                         f"{why} before this call ran",
@@ -485,7 +468,7 @@ class PersistentWorker(Generic[M]):
                         signal=event.signal,
                     ),
                 )
-        if not self._pool.restart.should_restart(failed=True):
+        if not self._core.options.restart.should_restart(failed=True):
             self._broken = (
                 f"{why} and it has no restart policy: pass restart=RestartPolicy() to get a fresh "
                 "worker after a crash, or start a new proxy"
@@ -493,11 +476,11 @@ class PersistentWorker(Generic[M]):
 
     def snapshot_workers(self) -> list[WorkerSnapshot]:
         """The proxy's worker, for its parent pool's snapshot."""
-        return self._pool.snapshot().workers
+        return worker_snapshots(self._core)
 
     def __repr__(self) -> str:
-        state = self._state
-        if state == "running" and (self._broken is not None or self._pool.state == "broken"):
+        state: str = self._state
+        if state == ProxyState.RUNNING and (self._broken is not None or self._core.state is PoolState.BROKEN):
             state = "broken"
         return f"<PersistentWorker {self.module_name!r} {self.worker_kind} {state}>"
 
@@ -549,7 +532,7 @@ class _Value:
         return f"<awaitable {self._proxy.module_name}.{self._name}>"
 
 
-class _Starter(Generic[M]):
+class PersistentWorkerStarter(Generic[M]):
     """What ``import_persistent_worker`` returns: await it, or ``async with`` it."""
 
     __slots__ = ("_proxy",)
@@ -579,7 +562,7 @@ def import_persistent_worker(
     worker: Literal["process", "thread", "inline"] | str = ...,
     timeout: float | None = ...,
     restart: RestartPolicy | None = ...,
-) -> _Starter[Any]: ...
+) -> PersistentWorkerStarter[Any]: ...
 @overload
 def import_persistent_worker(
     module: M,
@@ -587,7 +570,7 @@ def import_persistent_worker(
     worker: Literal["process", "thread", "inline"] | str = ...,
     timeout: float | None = ...,
     restart: RestartPolicy | None = ...,
-) -> _Starter[M]: ...
+) -> PersistentWorkerStarter[M]: ...
 
 
 def import_persistent_worker(
@@ -596,7 +579,7 @@ def import_persistent_worker(
     worker: Literal["process", "thread", "inline"] | str = "process",
     timeout: float | None = None,
     restart: RestartPolicy | None = None,
-) -> _Starter[Any]:
+) -> PersistentWorkerStarter[Any]:
     """Import ``module`` in a worker of its own and return an async proxy to it.
 
     ``await import_persistent_worker("pkg.mod")`` returns a started
@@ -608,4 +591,4 @@ def import_persistent_worker(
         TypeError: ``module`` is neither a dotted name nor a module.
         ValueError: bad ``worker``, ``timeout``, or ``module`` is ``__main__``.
     """
-    return _Starter(PersistentWorker(module, worker=worker, timeout=timeout, restart=restart))
+    return PersistentWorkerStarter(PersistentWorker(module, worker=worker, timeout=timeout, restart=restart))

@@ -1,9 +1,16 @@
-"""The pool's bookkeeping: queue, worker slots, counts, records and rounds.
+"""The pool's bookkeeping: queue, worker slots, counts, records, rounds and busy time.
 
-Plain synchronous code with no event loop, no clock and no I/O: the pool calls it and
+Plain synchronous code with no event loop, no clock and no I/O: the core calls it and
 acts on what it returns (handing tasks to workers, running hooks). That keeps every
-rule testable without a single worker, and lets the pool re-run it after any failure
+rule testable without a single worker, and lets the core re-run it after any failure
 or cancellation to put the books right.
+
+Where a task is, and how it counts::
+
+    add() ─► queue ──assignments()──► slot.inflight ──started()──► running ──settled()──► done
+             "queued"   ▲               "active"  │               "active"   (release(): the
+                        └──── give_back() ◄───────┘                          worker let it go)
+                         (handed back unstarted, or reclaimed)
 
 Invariant, after every call: ``total == queued + active + completed``.
 """
@@ -11,16 +18,17 @@ Invariant, after every call: ``total == queued + active + completed``.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._types import TaskRecord, TaskState
+from ._types import TaskRecord, TaskState, WorkerState
 
 if TYPE_CHECKING:
     from ._task import Task
     from ._workers._base import Worker
 
-__all__ = ["FIELDS", "Scheduler", "Slot"]
+__all__ = ["FIELDS", "BusyMeter", "Scheduler", "Slot"]
 
 FIELDS = (
     "queued",
@@ -36,11 +44,74 @@ FIELDS = (
 
 #: A call running longer than this (seconds, averaged) gets no prefetched call behind it.
 LONG_CALL = 0.002
+#: Seconds of history behind ``utilisation``, kept in buckets of BUCKET seconds.
+BUSY_WINDOW = 10
+BUCKET = 0.25
 
 _QUEUED = TaskState.QUEUED
 _RUNNING = TaskState.RUNNING
 _SUCCEEDED = TaskState.SUCCEEDED
 _FAILED = TaskState.FAILED
+_IDLE = WorkerState.IDLE
+_BUSY = WorkerState.BUSY
+
+
+class BusyMeter:
+    """Busy seconds per wall-clock second over the last :data:`BUSY_WINDOW` seconds.
+
+    Fed with the run intervals taken in the worker; O(1) memory (one bucket per
+    :data:`BUCKET` seconds) and, per task, O(buckets it spanned): usually one.
+    """
+
+    __slots__ = ("_busy", "_key", "capacity", "up_since")
+
+    def __init__(self, capacity: int = 1) -> None:
+        n = int(BUSY_WINDOW / BUCKET) + 2
+        self._busy = [0.0] * n
+        self._key = [-1] * n  # which bucket of wall-clock time each entry holds
+        self.capacity = capacity  # tasks the worker runs at once
+        self.up_since: float | None = None
+
+    def add(self, start: float, end: float) -> None:
+        """Count the interval ``[start, end]`` as busy."""
+        if end <= start:
+            return
+        busy, key, n = self._busy, self._key, len(self._busy)
+        k = math.floor(start / BUCKET)
+        last = math.floor(end / BUCKET)
+        if last - k >= n:  # longer than the window: only its end matters
+            k = last - n + 1
+            start = k * BUCKET
+        while k <= last:
+            i = k % n
+            if key[i] != k:
+                key[i] = k
+                busy[i] = 0.0
+            busy[i] += min(end, (k + 1) * BUCKET) - max(start, k * BUCKET)
+            k += 1
+
+    def utilisation(self, now: float, running_since: list[float]) -> float:
+        """Busy share (0-1) of the last window, counting calls still running from ``running_since``."""
+        lo = now - BUSY_WINDOW
+        young = self.up_since is not None and self.up_since > lo
+        if young:
+            assert self.up_since is not None
+            lo = self.up_since  # busy time before the worker was up is an earlier worker's
+        span = now - lo
+        if span <= 0:
+            return 0.0
+        total = 0.0
+        first = math.floor(lo / BUCKET)
+        for k, b in zip(self._key, self._busy, strict=True):
+            if k < first or not b:
+                continue
+            if k == first and not young:
+                # The bucket straddling the window's start: take its inside share.
+                b *= ((k + 1) * BUCKET - lo) / BUCKET
+            total += b
+        for started in running_since:
+            total += now - max(started, lo)
+        return max(0.0, min(1.0, total / (span * self.capacity)))
 
 
 class Slot:
@@ -53,8 +124,8 @@ class Slot:
     __slots__ = (
         "accepting",
         "budget",
+        "busy",
         "busy_ewma",
-        "dead",
         "id",
         "inflight",
         "max_window",
@@ -80,32 +151,42 @@ class Slot:
         self.worker: Worker | None = None
         self.inflight: list[Task[Any]] = []
         self.accepting = False
-        self.dead = False  # restart limit spent
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.restarts = 0
         self.tasks_done = 0  # over the slot's life
         self.worker_tasks = 0  # by the current worker (for recycling)
         self.budget: int | None = None  # tasks the current worker may still be handed
+        self.busy = BusyMeter(concurrency)
+
+    @property
+    def dead(self) -> bool:
+        """The slot will never have a worker again."""
+        return self.state is WorkerState.DEAD
 
     def current(self) -> Task[Any] | None:
-        """The task the worker is running, if any."""
+        """The (first) task the worker is running, if any."""
         for t in self.inflight:
             if t._state is _RUNNING:
                 return t
         return None
 
+    def utilisation(self, now: float) -> float:
+        """Busy share of the last 10 s (0-1)."""
+        running = [t.started_at for t in self.inflight if t._state is _RUNNING and t.started_at is not None]
+        return self.busy.utilisation(now, running)
+
 
 class Scheduler:
     """Counts, queue and slots of one pool."""
 
-    def __init__(self, *, max_queue: int | None, keep_records: int) -> None:
-        self.max_queue = max_queue
+    def __init__(self, *, keep_records: int) -> None:
         self.queue: collections.deque[Task[Any]] = collections.deque()
         self.slots: list[Slot] = []
         self.free = 0  # sum over accepting slots of window - len(inflight)
         self.n_total = 0
         self.n_queued = 0
         self.n_active = 0
+        self.n_running = 0  # active and started
         self.n_started = 0
         self.n_succeeded = 0
         self.n_failed = 0
@@ -125,7 +206,11 @@ class Scheduler:
         return self.n_succeeded + self.n_failed + self.n_cancelled
 
     def count(self, field: str) -> int:
-        """The cumulative count of ``field`` (one of :data:`FIELDS`), in O(1)."""
+        """The cumulative count of ``field`` (one of :data:`FIELDS`), in O(1).
+
+        Raises:
+            ValueError: unknown field.
+        """
         if field == "queued":
             return self.n_queued
         if field == "active":
@@ -147,8 +232,13 @@ class Scheduler:
         raise ValueError(f"unknown status field {field!r}; accepted: {', '.join(FIELDS)} or '*'")
 
     @property
+    def n_waiting(self) -> int:
+        """Tasks not started yet, wherever they wait: the pool's queue or a worker's window."""
+        return self.n_queued + self.n_active - self.n_running
+
+    @property
     def drained(self) -> bool:
-        """Nothing queued and nothing running."""
+        """Nothing queued and nothing held by a worker."""
         return self.n_queued == 0 and self.n_active == 0
 
     # --- slots ---------------------------------------------------------------------------
@@ -156,12 +246,14 @@ class Scheduler:
     def add_slot(self, slot: Slot) -> None:
         self.slots.append(slot)
 
-    def open_slot(self, slot: Slot) -> None:
+    def open_slot(self, slot: Slot, now: float | None = None) -> None:
         """The slot's worker is ready for work."""
         if not slot.accepting:
             slot.accepting = True
-            slot.state = "idle"
+            slot.state = _BUSY if slot.inflight else _IDLE
             self.free += slot.window - len(slot.inflight)
+            if now is not None:
+                slot.busy.up_since = now
 
     def close_slot(self, slot: Slot) -> None:
         """Send no more work to the slot's current worker."""
@@ -180,48 +272,63 @@ class Scheduler:
                 self.free += want - slot.window
             slot.window = want
 
-    def release(self, slot: Slot, task: Task[Any], *, unstarted: bool = False) -> None:
-        """The slot's worker is done with ``task`` (reported back or never to be).
+    def release(self, slot: Slot, task: Task[Any], *, unstarted: bool = False) -> bool:
+        """The slot's worker is done with ``task`` (reported back, or never will be).
 
-        ``unstarted``: the worker gave it back without running it (its budget returns).
+        ``unstarted``: it was taken back before it ran (the slot's budget returns).
+        Returns False when the slot did not hold it.
         """
         try:
             slot.inflight.remove(task)
         except ValueError:
-            return
-        task.wslot = None
-        if unstarted and slot.budget is not None:
-            slot.budget += 1
+            return False
+        task.slot = None
         if slot.accepting:
             self.free += 1
-        if not slot.inflight:
-            slot.state = "idle" if slot.accepting else slot.state
+        if unstarted and slot.budget is not None:
+            slot.budget += 1
+        elif task.started_at is not None and task.finished_at is not None:
+            slot.busy.add(task.started_at, task.finished_at)
+        if not slot.inflight and slot.state is _BUSY:
+            slot.state = _IDLE
+        return True
+
+    def give_back(self, slot: Slot, task: Task[Any]) -> None:
+        """The slot's worker handed ``task`` back unstarted: it goes to the head of the queue.
+
+        Its budget returns to the slot; a task settled meanwhile just leaves the slot.
+        """
+        if not self.release(slot, task, unstarted=True):
+            return
+        if task._held:
+            task._held = False
+            self.n_active -= 1
+            self.n_queued += 1
+            self.queue.appendleft(task)
 
     def take_back(self, slot: Slot) -> list[Task[Any]]:
-        """Empty the slot (its worker is gone): return its tasks, requeue the unstarted.
+        """Empty the slot (its worker is gone): requeue the unstarted tasks, in order.
 
-        Returns the tasks that were running, for the caller to fail.
+        Returns the tasks that were running, still counted active, for the caller to fail.
         """
         self.close_slot(slot)
         running: list[Task[Any]] = []
         unstarted: list[Task[Any]] = []
         for t in slot.inflight:
-            t.wslot = None
+            t.slot = None
             if t._state is _RUNNING:
                 running.append(t)
-            elif t._state is _QUEUED:
+            elif t._state is _QUEUED and t._held:
+                t._held = False
                 unstarted.append(t)
         slot.inflight = []
+        self.n_active -= len(unstarted)
+        self.n_queued += len(unstarted)
         # Requeue in their original order, ahead of everything queued after them.
         self.queue.extendleft(reversed(unstarted))
         return running
 
-    def requeue(self, task: Task[Any]) -> None:
-        """Put a task handed back unstarted at the head of the queue."""
-        if task._state is _QUEUED:
-            self.queue.appendleft(task)
-
-    def assignments(self) -> Iterator[tuple[Slot, Task[Any]]]:
+    def assignments(self, now: float) -> Iterator[tuple[Slot, Task[Any]]]:
         """Yield (slot, task) pairs, handing queued tasks to slots with room.
 
         A slot with nothing in flight is preferred to one that would queue the task
@@ -242,11 +349,15 @@ class Scheduler:
                 self.free = sum(s.window - len(s.inflight) for s in self.slots if s.accepting)
                 return
             task = queue.popleft()
-            if task._state is not _QUEUED or task.wslot is not None:
-                continue  # cancelled while queued (lazy removal)
+            if task._state is not _QUEUED or task._held:
+                continue  # settled while queued (lazy removal)
             best.inflight.append(task)
-            best.state = "busy"
-            task.wslot = best
+            best.state = _BUSY
+            task.slot = best
+            task._held = True
+            task.dispatched_at = now
+            self.n_queued -= 1
+            self.n_active += 1
             self.free -= 1
             if best.budget is not None:
                 best.budget -= 1
@@ -270,16 +381,12 @@ class Scheduler:
                 yield s, s.inflight[-1], idle.pop()
 
     def move(self, task: Task[Any], src: Slot, dst: Slot) -> None:
-        """Record that ``task`` was taken back from ``src`` and handed to ``dst``."""
-        src.inflight.remove(task)
-        if src.accepting:
-            self.free += 1
+        """Record that ``task`` was taken back from ``src`` and handed to ``dst`` (stays active)."""
+        self.release(src, task, unstarted=True)
         dst.inflight.append(task)
-        dst.state = "busy"
-        task.wslot = dst
+        dst.state = _BUSY
+        task.slot = dst
         self.free -= 1
-        if src.budget is not None:
-            src.budget += 1
         if dst.budget is not None:
             dst.budget -= 1
 
@@ -299,18 +406,25 @@ class Scheduler:
             return True
         return False
 
-    def started(self, task: Task[Any], worker_id: int, now: float) -> None:
+    def started(self, task: Task[Any], worker_id: int, at: float) -> None:
         task._state = _RUNNING
-        task.started_at = now
+        task.started_at = at
         task.worker_id = worker_id
-        self.n_queued -= 1
-        self.n_active += 1
         self.n_started += 1
+        self.n_running += 1
 
-    def settled(self, task: Task[Any], previous: TaskState) -> bool:
-        """Count a task that just reached its final state; True if first in its round."""
-        if previous is _RUNNING:
+    def settled(self, task: Task[Any], *, keep_in_round: bool) -> bool:
+        """Count a task that just reached its final state; True if first in its round.
+
+        A worker may still hold it (a cancelled call being stopped): it leaves its slot
+        on :meth:`release`. ``keep_in_round``: remember it for the round's
+        ``all_settled`` (only while such a hook exists: no reference kept otherwise).
+        """
+        if task._held:
+            task._held = False
             self.n_active -= 1
+            if task.started_at is not None:
+                self.n_running -= 1
         else:
             self.n_queued -= 1
         state = task._state
@@ -322,7 +436,8 @@ class Scheduler:
             self.n_cancelled += 1
         if self.keep_records:
             self.records.append(task.record)
-        self.round_tasks.append(task)
+        if keep_in_round:
+            self.round_tasks.append(task)
         self.round_settled += 1
         if not self.race_done:
             self.race_done = True
@@ -340,8 +455,12 @@ class Scheduler:
     # --- raw views -----------------------------------------------------------------------
 
     def queued_tasks(self) -> list[Task[Any]]:
-        handed = [t for s in self.slots for t in s.inflight if t._state is _QUEUED]
-        return handed + [t for t in self.queue if t._state is _QUEUED and t.wslot is None]
+        """Tasks in the pool's queue (not handed to a worker)."""
+        return [t for t in self.queue if t._state is _QUEUED and not t._held]
+
+    def active_tasks(self) -> list[Task[Any]]:
+        """Tasks held by workers: running, or waiting in a worker's window."""
+        return [t for s in self.slots for t in s.inflight]
 
     def running_tasks(self) -> list[Task[Any]]:
         return [t for s in self.slots for t in s.inflight if t._state is _RUNNING]

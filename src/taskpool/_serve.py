@@ -108,7 +108,7 @@ async def serve(
         pool.events.subscribe("service.*", "worker.log", maxsize=100_000) as sub,
     ):
         service = pool.keep_alive(fn, name=name, instances=instances, restart=restart, worker=worker, grace=grace)
-        base = service._pool._sched.slots[0].id
+        base = service.first_worker_id
         where: dict[int, int] = {}  # worker id -> the instance last seen running there
         failed: dict[int, bool] = {}  # instance -> whether its last run failed
         signals = 0

@@ -1,11 +1,11 @@
 """Kept-alive services: long-lived functions run in dedicated workers and kept running.
 
-A service is a private pool with one worker per instance; each instance is one long
+A service runs a private pool core with one worker per instance; each instance is one long
 task (a server, a queue consumer) that is run again, per the service's
 :class:`RestartPolicy`, whenever it returns or its worker dies::
 
     pool.keep_alive(serve, name="api", instances=2)
-        └─ Service ── private pool (2 workers, role "service")
+        └─ Service ── private core (2 workers, role "service")
               ├─ instance 0: run serve() ─ ends ─ delay/backoff ─ run serve() ─ ...
               └─ instance 1: run serve() ─ ...
 
@@ -20,19 +20,19 @@ killed; a blocking one is killed at once (a process) or abandoned (a thread).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import msgspec
 
+from ._core import PoolCore
 from ._errors import TaskCancelled
-from ._pool import FunctionPool
+from ._options import MAX_WORKERS, PoolOptions, check_count, check_grace
 from ._restart import Backoff, RestartPolicy
+from ._status import worker_snapshots
 from ._task import Task, describe_error
-from ._types import ServiceEvent, WorkerSnapshot
+from ._types import ServiceEvent, ServiceState, WorkerSnapshot
 
 __all__ = ["Service"]
 
@@ -49,7 +49,7 @@ class Service:
 
     def __init__(
         self,
-        parent: FunctionPool,
+        parent: PoolCore,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         *,
@@ -59,6 +59,7 @@ class Service:
         worker: str,
         grace: float,
     ) -> None:
+        instances = check_count("instances", instances, maximum=MAX_WORKERS) or 1
         self.name = name
         self.instances = instances
         self.restart = restart
@@ -67,31 +68,35 @@ class Service:
         self._fn = fn
         self._args = args
         self._parent = parent
-        self._pool = FunctionPool(
-            instances,
+        options = PoolOptions(
+            pool_size=instances,
             worker=worker,
             concurrency=1,  # one instance per worker
             restart=RestartPolicy(mode="on-failure", delay=0.0, limit=None),
             keep_records=0,
             name=f"{parent.name}:{name}",
-            log_dir=parent.log_dir,
+            log_dir=parent.options.log_dir,
         )
         # A cancelled async instance gets the whole stop grace before its worker is killed.
-        self._pool._spec = msgspec.structs.replace(self._pool._spec, cancel_grace=grace)
-        self._pool._role = "service"
-        self._pool._worker_buses.append(parent.events)
-        self._pool._rebase(parent._next_worker_id(instances))
+        self._core = PoolCore(
+            options,
+            role="service",
+            first_worker_id=parent.reserve_worker_ids(instances),
+            worker_buses=(parent.events,),
+            cancel_grace=grace,
+        )
         self.runs = [0] * instances
         self._tasks: list[Task[Any] | None] = [None] * instances
-        self._state = "new"
+        self._state = ServiceState.NEW
         self._stopping = False
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
         self._broken: list[int] = []
 
     @property
-    def state(self) -> str:
-        """``"new"``, ``"running"``, ``"stopping"``, ``"stopped"`` or ``"broken"``."""
+    def state(self) -> ServiceState:
+        """The :class:`ServiceState` (a str: ``"new"``, ``"running"``, ``"stopping"``,
+        ``"stopped"`` or ``"broken"``)."""
         return self._state
 
     async def run(self) -> None:
@@ -100,34 +105,34 @@ class Service:
         Never raises (but for cancellation): a service that cannot start is broken, and
         says why in ``service.broken``; it never takes its pool down with it.
         """
-        if self._state != "new":
+        if self._state is not ServiceState.NEW:
             return
-        self._state = "running"
+        self._state = ServiceState.RUNNING
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 if self._stopping:
                     scope.cancel()
-                await self._pool.start()
+                await self._core.start()
                 async with anyio.create_task_group() as tg:
                     for i in range(self.instances):
                         tg.start_soon(self._instance, i)
         except Exception as exc:
-            self._state = "broken"
+            self._state = ServiceState.BROKEN
             self._emit("service.broken", -1, reason=describe_error(exc) or "failed")
-            self._parent._log.error("service failed", service=self.name, exc_info=exc)
+            self._parent.log.error("service failed", service=self.name, exc_info=exc)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._pool.aclose(cancel=True, grace=self.grace)
-            if self._state != "broken":
-                self._state = "stopped"
+                await self._core.aclose(cancel=True, grace=self.grace)
+            if self._state is not ServiceState.BROKEN:
+                self._state = ServiceState.STOPPED
             self._emit("service.stopped", -1, reason=self._state)
             self._stopped.set()
 
     async def _instance(self, i: int) -> None:
         backoff = Backoff(self.restart)
         while not self._stopping:
-            task = self._pool.add_task(self._fn, *self._args, meta={"service": self.name, "instance": i})
+            task = self._core.add(self._fn, self._args, {"service": self.name, "instance": i}, None)
             self._tasks[i] = task
             self.runs[i] += 1
             backoff.up(time.monotonic())
@@ -151,22 +156,18 @@ class Service:
                 if backoff.exhausted:
                     self._broken.append(i)
                     self._emit("service.broken", i, reason="; ".join(backoff.last_failures))
-                    self._parent._log.error(
+                    self._parent.log.error(
                         "service instance broken", service=self.name, instance=i, failures=backoff.last_failures
                     )
                     if len(self._broken) == self.instances:
-                        self._state = "broken"
+                        self._state = ServiceState.BROKEN
                 return
             await anyio.sleep(delay)
             self._emit("service.restarted", i, attempt=backoff.attempt, delay=delay, reason=reason)
 
     def _set_grace(self, grace: float) -> None:
-        # The workers read the cancel grace from their spec when they cancel a call.
         self.grace = grace
-        self._pool._spec = msgspec.structs.replace(self._pool._spec, cancel_grace=grace)
-        for slot in self._pool._sched.slots:
-            if slot.worker is not None:
-                slot.worker.spec = msgspec.structs.replace(slot.worker.spec, cancel_grace=grace)
+        self._core.sup.set_cancel_grace(grace)
 
     def _stop_asked(self) -> bool:
         return self._stopping
@@ -182,17 +183,16 @@ class Service:
         Raises:
             ValueError: ``grace`` is negative.
         """
+        grace = check_grace("grace", grace)
         if grace is not None:
-            if not math.isfinite(grace) or grace < 0:
-                raise ValueError(f"grace must be a finite number of seconds >= 0, got {grace!r}")
             self._set_grace(grace)
         self._stopping = True
-        if self._state == "new":
-            self._state = "stopped"
+        if self._state is ServiceState.NEW:
+            self._state = ServiceState.STOPPED
             self._stopped.set()
             return
-        if self._state == "running":
-            self._state = "stopping"
+        if self._state is ServiceState.RUNNING:
+            self._state = ServiceState.STOPPING
         if self._scope is not None:
             self._scope.cancel()
         await self._stopped.wait()
@@ -207,13 +207,16 @@ class Service:
         """
         self._stopping = True
         self._set_grace(0.0)
-        if self._state == "running":
-            self._state = "stopping"
-        for slot in self._pool._sched.slots:
-            if slot.worker is not None:
-                slot.worker.kill()
+        if self._state is ServiceState.RUNNING:
+            self._state = ServiceState.STOPPING
+        self._core.sup.kill_all()
         if self._scope is not None:
             self._scope.cancel()
+
+    @property
+    def first_worker_id(self) -> int:
+        """The id of instance 0's worker (instance ``i`` runs on ``first_worker_id + i``)."""
+        return self._core.sched.slots[0].id
 
     def instance_of(self, worker_id: int) -> int | None:
         """The instance running on worker ``worker_id`` now (None: none or not known)."""
@@ -233,7 +236,7 @@ class Service:
 
     def snapshot_workers(self) -> list[WorkerSnapshot]:
         """The service's workers, for its parent pool's snapshot."""
-        return self._pool.snapshot().workers
+        return worker_snapshots(self._core)
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r} x{self.instances} {self._state} runs={self.runs}>"

@@ -1,18 +1,19 @@
-"""A unit of work added to a pool, and the handle its caller awaits."""
+"""A unit of work added to a pool, and the handle its caller awaits.
+
+A task talks to its pool only through :class:`TaskOwner`, the interface the pool's core
+declares for it (so this module imports nothing of the pool).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import TaskCancelled
 from ._types import TaskRecord, TaskState
 
-if TYPE_CHECKING:
-    from ._pool import FunctionPool
-
-__all__ = ["Task"]
+__all__ = ["Task", "TaskOwner", "describe_error"]
 
 T = TypeVar("T")
 
@@ -21,11 +22,26 @@ _RUNNING = TaskState.RUNNING
 _FINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 
+class TaskOwner(Protocol):
+    """What a :class:`Task` asks of the pool that owns it."""
+
+    def cancel_task(self, task: Task[Any], exc: BaseException) -> bool:
+        """Cancel (or time out) ``task`` with ``exc``; False if it had already settled."""
+
+    def run_callback(
+        self, kind: str, cb: Callable[..., Any], args: tuple[Any, ...], task: Task[Any] | None
+    ) -> None:
+        """Call a user callback; never let it raise into the caller."""
+
+
 def describe_error(exc: BaseException | None) -> str | None:
     """``"TypeName: message"`` for records and events."""
     if exc is None:
         return None
-    msg = str(exc)
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = "<unprintable>"
     name = getattr(exc, "type_name", None) or type(exc).__name__
     return f"{name}: {msg}" if msg else name
 
@@ -41,6 +57,10 @@ class Task(Generic[T]):
         id: unique within its pool, increasing in the order tasks were added.
         meta: the ``meta`` given to ``add_task`` (anything; shown in records and events).
         worker_id: the worker that ran (or runs) it, else ``None``.
+        queued_at: when it was added (epoch seconds).
+        dispatched_at: when it was handed to a worker, else ``None``.
+        started_at: when its worker started it (taken in the worker), else ``None``.
+        finished_at: when it settled (taken in the worker when it ran), else ``None``.
     """
 
     # Slots only: a queued task must stay small (1M queued tasks are a benchmark).
@@ -48,25 +68,28 @@ class Task(Generic[T]):
         "__weakref__",
         "_callbacks",
         "_exc",
-        "_pool",
+        "_held",
+        "_owner",
         "_result",
+        "_start_callbacks",
         "_state",
         "_timer",
         "args",
+        "dispatched_at",
         "finished_at",
         "fn",
         "id",
         "meta",
         "queued_at",
+        "slot",
         "started_at",
         "timeout",
         "worker_id",
-        "wslot",
     )
 
     def __init__(
         self,
-        pool: FunctionPool,
+        owner: TaskOwner,
         task_id: int,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
@@ -74,13 +97,14 @@ class Task(Generic[T]):
         timeout: float | None,
         queued_at: float,
     ) -> None:
-        self._pool = pool
+        self._owner = owner
         self.id = task_id
         self.fn = fn
         self.args = args
         self.meta = meta
         self.timeout = timeout
         self.queued_at = queued_at
+        self.dispatched_at: float | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.worker_id: int | None = None
@@ -89,14 +113,16 @@ class Task(Generic[T]):
         self._exc: BaseException | None = None
         # Done-callbacks and awaiters' futures; None until the first one (saves memory).
         self._callbacks: list[Any] | None = None
+        self._start_callbacks: list[Callable[[Task[T]], Any]] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.wslot: Any = None  # the worker it was handed to (pool-internal)
+        self._held = False  # handed to a worker and not settled: counted as active
+        self.slot: Any = None  # the pool-internal Slot holding it, if any
 
     # --- state -------------------------------------------------------------------------
 
     @property
     def state(self) -> TaskState:
-        """The task's :class:`TaskState`."""
+        """The task's :class:`TaskState` (``QUEUED`` until its worker starts it)."""
         return self._state
 
     def done(self) -> bool:
@@ -134,18 +160,19 @@ class Task(Generic[T]):
     def cancel(self) -> bool:
         """Cancel the task. Returns False if it had already settled.
 
-        A queued task is removed; a running one is stopped in its worker (a worker whose
-        work cannot be interrupted, such as blocking code in a thread, is retired and
-        replaced). The task settles at once as ``CANCELLED`` and awaiting it raises
-        :class:`TaskCancelled`.
+        A task its worker has not started yet (in the pool's queue, or waiting in a
+        worker's window) is taken back and never runs. A running one is stopped in its
+        worker (a worker whose work cannot be interrupted, such as blocking code in a
+        thread, is retired and replaced). The task settles at once as ``CANCELLED`` and
+        awaiting it raises :class:`TaskCancelled`.
         """
         if self._state in _FINAL:
             return False
-        return self._pool._cancel_task(self, TaskCancelled(f"task {self.id} was cancelled"))
+        return self._owner.cancel_task(self, TaskCancelled(f"task {self.id} was cancelled"))
 
     @property
     def record(self) -> TaskRecord:
-        """An immutable :class:`TaskRecord` of the task as it is now."""
+        """An immutable :class:`TaskRecord` of the task as it is now (no result in it)."""
         return TaskRecord(
             id=self.id,
             meta=self.meta,
@@ -155,6 +182,7 @@ class Task(Generic[T]):
             started_at=self.started_at,
             finished_at=self.finished_at,
             error=describe_error(self._exc),
+            dispatched_at=self.dispatched_at,
         )
 
     # --- callbacks and awaiting --------------------------------------------------------
@@ -171,12 +199,34 @@ class Task(Generic[T]):
         if not callable(cb):
             raise TypeError(f"add_done_callback() needs a callable, got {type(cb).__name__}")
         if self._state in _FINAL:
-            self._pool._run_callback("done_callback", cb, (self,), self)
+            self._owner.run_callback("done_callback", cb, (self,), self)
             return
         if self._callbacks is None:
             self._callbacks = [cb]
         else:
             self._callbacks.append(cb)
+
+    def add_start_callback(self, cb: Callable[[Task[T]], Any]) -> None:
+        """Call ``cb(task)`` once, in the pool's loop, when the task's worker starts it.
+
+        It runs before any done callback, and never for a task that settled without
+        starting (cancelled before its worker started it, for one). Added after the
+        task started, it is called at once. A callback that raises is logged and published as ``pool.hook_error``.
+
+        Raises:
+            TypeError: ``cb`` is not callable.
+        """
+        if not callable(cb):
+            raise TypeError(f"add_start_callback() needs a callable, got {type(cb).__name__}")
+        if self.started_at is not None:
+            self._owner.run_callback("start_callback", cb, (self,), self)
+            return
+        if self._state in _FINAL:
+            return  # settled without ever starting: never called
+        if self._start_callbacks is None:
+            self._start_callbacks = [cb]
+        else:
+            self._start_callbacks.append(cb)
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state not in _FINAL:
@@ -202,9 +252,11 @@ class Task(Generic[T]):
         self._state = state
         self._result = result
         self._exc = exc
-        self.finished_at = now
+        if self.finished_at is None:
+            self.finished_at = now
         self.fn = _settled_fn  # drop references to the callable and its arguments
         self.args = ()
+        self._start_callbacks = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -11,6 +11,10 @@ import msgspec
 
 __all__ = [
     "AnyEvent",
+    "PoolState",
+    "ProxyState",
+    "ServiceState",
+    "WorkerState",
     "Event",
     "HookErrorEvent",
     "PoolEvent",
@@ -40,6 +44,59 @@ class TaskState(enum.StrEnum):
         return self.value
 
 
+class PoolState(enum.StrEnum):
+    """A pool's life: ``new`` -> ``running`` -> ``closing`` -> ``closed`` (or ``broken``)."""
+
+    NEW = "new"  #: created, not started; tasks may be added and wait
+    RUNNING = "running"  #: workers up; intake open
+    CLOSING = "closing"  #: aclose() began: intake closed (but for the pool's own hooks and tasks)
+    CLOSED = "closed"  #: every task settled, workers stopped, bus closed
+    BROKEN = "broken"  #: no worker can be started any more (PoolBroken); closing still runs
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WorkerState(enum.StrEnum):
+    """A worker slot's life (see the diagram in ``taskpool._supervisor``)."""
+
+    STARTING = "starting"  #: a worker is being started in the slot
+    IDLE = "idle"  #: up, holding no task
+    BUSY = "busy"  #: up, holding at least one task
+    RECYCLING = "recycling"  #: finishing its last tasks before a planned replacement
+    RESTARTING = "restarting"  #: its worker ended; waiting for the restart delay
+    EXITED = "exited"  #: stopped (the pool is closing, or it ended for good cleanly)
+    DEAD = "dead"  #: will never have a worker again (restart limit spent, or mode "never")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ServiceState(enum.StrEnum):
+    """A kept-alive service's life."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    BROKEN = "broken"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ProxyState(enum.StrEnum):
+    """A persistent worker proxy's life."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class StatusType(enum.StrEnum):
     """What :meth:`FunctionPool.status` returns for a field."""
 
@@ -54,8 +111,11 @@ class StatusType(enum.StrEnum):
 class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     """An immutable picture of one task, for status(RAW), dashboards and logs.
 
-    Times are epoch seconds; ``error`` is ``"TypeName: message"`` for a task that failed
-    or was cancelled, else ``None``.
+    Times are epoch seconds (``time.time()``): ``queued_at`` when it was added,
+    ``dispatched_at`` when it was handed to a worker, ``started_at`` and ``finished_at``
+    taken in the worker, so ``finished_at - started_at`` is the call's own run time and
+    ``started_at - queued_at`` its wait. ``error`` is ``"TypeName: message"`` for a task
+    that failed or was cancelled, else ``None``.
     """
 
     id: int
@@ -66,6 +126,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float | None
     finished_at: float | None
     error: str | None
+    dispatched_at: float | None = None
 
 
 class WorkerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,12 +136,16 @@ class WorkerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     pid: int | None
     thread_name: str | None
-    state: str  # "starting" | "idle" | "busy" | "recycling" | "restarting" | "exited" | "dead"
+    state: str  # a WorkerState: starting | idle | busy | recycling | restarting | exited | dead
     tasks_done: int
     restarts: int
     current_task: int | None
     role: str = "pool"  # "pool" | "persistent" | "service"
     name: str | None = None
+    #: Busy share of the last 10 s (0-1), from the run times taken in the worker.
+    utilisation: float = 0.0
+    #: The host the worker runs on (remote kinds), else None.
+    node: str | None = None
 
 
 class PoolSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,11 +154,13 @@ class PoolSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     kind: str
     pool_size: int
-    state: str  # "new" | "running" | "closing" | "closed" | "broken"
+    state: str  # a PoolState: new | running | closing | closed | broken
     time: float
     counts: dict[str, int]
     queue_depth: int
     workers: list[WorkerSnapshot]
+    #: Mean utilisation over the pool's own workers (0-1).
+    utilisation: float = 0.0
 
 
 # --- events ----------------------------------------------------------------------------

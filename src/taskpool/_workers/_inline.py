@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._context import TaskContext, current
-from ._base import CancelResult, Worker, WorkerExit
+from ._base import Capabilities, CancelResult, Worker, WorkerExit
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -28,7 +29,7 @@ class InlineWorker(Worker):
     """Runs tasks on the pool's loop, one at a time per worker."""
 
     kind = "inline"
-    window = 1
+    capabilities = Capabilities(isolated=False, window=1, reclaims_unstarted=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -37,15 +38,24 @@ class InlineWorker(Worker):
         self._scopes: dict[Task[Any], anyio.CancelScope] = {}  # running task -> its scope
         self._stopping = False
         self._killed = False
+        self._abandoned = False
 
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         on_ready()
-        if self.spec.concurrency == 1:
-            await self._runner()
-        else:
-            async with anyio.create_task_group() as tg:
-                for _ in range(self.spec.concurrency):
-                    tg.start_soon(self._runner)
+        try:
+            if self.spec.concurrency == 1:
+                await self._runner()
+            else:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.spec.concurrency):
+                        tg.start_soon(self._runner)
+        except (Exception, GeneratorExit) as exc:  # a runner broke: the worker is dead, and is replaced
+            return WorkerExit(failed=True, reason=f"runner died: {exc!r}")
+        if self._abandoned:
+            return WorkerExit(failed=False, reason="retired")
+        if not (self._stopping or self._killed):
+            # A runner returned without being asked to (it was closed from outside).
+            return WorkerExit(failed=True, reason="runner ended unexpectedly")
         return WorkerExit(failed=False, reason="killed" if self._killed else "stopped")
 
     async def _runner(self) -> None:
@@ -70,9 +80,8 @@ class InlineWorker(Worker):
             if self._killed:
                 return
             task = inbox.popleft()
-            self.current = task
             ctx.task_id = task.id
-            host.task_started(self, task)
+            host.task_started(self, task, time.time())
             ok = False
             value: Any = None
             with anyio.CancelScope() as scope:
@@ -83,7 +92,7 @@ class InlineWorker(Worker):
                         value = await value
                     ok = True
                 except Exception as exc:
-                    value = exc
+                    value = _own_traceback(exc)
                 except BaseException as exc:
                     # A real cancellation (ours or the pool's) comes with the runner being
                     # cancelled; a CancelledError/SystemExit the task raised by itself is
@@ -93,12 +102,11 @@ class InlineWorker(Worker):
                         isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling()
                     ):
                         raise
-                    value = exc
+                    value = _own_traceback(exc)
             del scopes[task]
-            self.current = None
             ctx.task_id = None
-            self.tasks_done += 1
-            host.task_finished(self, task, ok, value)
+            host.task_finished(self, task, ok, value, time.time())
+            task = value = None  # keep no reference to a settled task or its result
             host.batch_done()
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
@@ -142,8 +150,25 @@ class InlineWorker(Worker):
             scope.cancel()
         self._wake_all()
 
+    def abandon(self) -> None:
+        self._abandoned = True
+        self.kill()
+
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, []
         for wake in waiters:
             if not wake.done():
                 wake.set_result(None)
+
+
+def _own_traceback(exc: BaseException) -> BaseException:
+    """Start ``exc``'s traceback at the task's own function: without the runner's frame,
+    code that clears the traceback's frames (``traceback.clear_frames``, as unittest's
+    ``assertRaises`` does) can never finalize the runner."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is _RUNNER_CODE:
+        exc.__traceback__ = tb.tb_next
+    return exc
+
+
+_RUNNER_CODE = InlineWorker._runner.__code__

@@ -20,17 +20,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._context import TaskContext, current
-from ._base import CancelResult, Worker, WorkerExit
+from .._events import set_if_pending
+from .._loop import new_event_loop
+from ._base import Capabilities, CancelResult, Worker, WorkerExit
 
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["ThreadWorker", "new_event_loop"]
+__all__ = ["ThreadWorker"]
 
 _STOP = object()
 _STARTED = 0
@@ -39,25 +42,16 @@ _PUBLISH = 2
 _RETURNED = 3
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when it is installed, else asyncio's default."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class ThreadWorker(Worker):
     """A worker thread with its own event loop."""
 
     kind = "thread"
-    window = 2
+    capabilities = Capabilities(isolated=False, window=2, reclaims_unstarted=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._inbox: collections.deque[Any] = collections.deque()
-        self._outbox: collections.deque[tuple[int, Any, Any, Any]] = collections.deque()
+        self._outbox: collections.deque[tuple[int, Any, Any, Any, float]] = collections.deque()
         self._flush_pending = False
         self._sleeping = False
         self._wloop: asyncio.AbstractEventLoop | None = None
@@ -67,7 +61,9 @@ class ThreadWorker(Worker):
         self._sync_task: Task[Any] | None = None  # in a plain call: cannot be interrupted
         self._thread: threading.Thread | None = None
         self._ended: asyncio.Future[WorkerExit] | None = None
+        self._gone: asyncio.Future[None] | None = None  # the thread has ended
         self._detached = False
+        self._stop_seen = False  # a runner took _STOP: ending is asked for, not a death
         self._name = f"taskpool-{self.spec.pool_name}-{self.id}"
 
     @property
@@ -85,6 +81,7 @@ class ThreadWorker(Worker):
         loop = self.host.loop
         ready: asyncio.Future[None] = loop.create_future()
         self._ended = loop.create_future()
+        self._gone = loop.create_future()
         self._thread = threading.Thread(target=self._main, args=(ready,), name=self._name, daemon=True)
         self._thread.start()
         try:
@@ -97,9 +94,9 @@ class ThreadWorker(Worker):
             self.kill()
             raise
 
-    def _post(self, code: int, task: Any, a: Any = None, b: Any = None) -> None:
+    def _post(self, code: int, task: Any, a: Any = None, b: Any = None, at: float = 0.0) -> None:
         """Worker thread -> pool loop, batched: one wake-up per burst of reports."""
-        self._outbox.append((code, task, a, b))
+        self._outbox.append((code, task, a, b, at))
         if not self._flush_pending:
             self._flush_pending = True
             try:
@@ -117,12 +114,11 @@ class ThreadWorker(Worker):
         host = self.host
         outbox = self._outbox
         while outbox:
-            code, task, a, b = outbox.popleft()
+            code, task, a, b, at = outbox.popleft()
             if code == _DONE:
-                self.tasks_done += 1
-                host.task_finished(self, task, a, b)
+                host.task_finished(self, task, a, b, at)
             elif code == _STARTED:
-                host.task_started(self, task)
+                host.task_started(self, task, at)
             elif code == _PUBLISH:
                 host.worker_publish(self, task, a, b)
             else:
@@ -194,6 +190,14 @@ class ThreadWorker(Worker):
             self.host.task_returned(self, t)
         self._end(WorkerExit(failed=False, reason="retired"))
 
+    async def join_abandoned(self, timeout: float) -> bool:
+        gone = self._gone
+        if gone is None or gone.done():
+            return True
+        if timeout > 0:
+            await asyncio.wait({gone}, timeout=timeout)
+        return gone.done()
+
     # --- worker thread -------------------------------------------------------------------
 
     def _main(self, ready: asyncio.Future[None]) -> None:
@@ -201,8 +205,11 @@ class ThreadWorker(Worker):
         self._wloop = loop
         try:
             loop.run_until_complete(self._serve(ready))
-            exit = WorkerExit(failed=False, reason="stopped")
-        except BaseException as exc:  # a bug of ours, or SystemExit from a task
+            if self._stop_seen:
+                exit = WorkerExit(failed=False, reason="stopped")
+            else:  # a runner ended without being asked to: this worker is dead
+                exit = WorkerExit(failed=True, reason="thread runner ended unexpectedly")
+        except BaseException as exc:  # a bug of ours, or a runner closed from outside
             exit = WorkerExit(failed=True, reason=f"thread died: {exc!r}")
         finally:
             self._wloop = None
@@ -212,12 +219,14 @@ class ThreadWorker(Worker):
                 loop.close()
         try:
             self.host.loop.call_soon_threadsafe(self._end, exit)
+            if self._gone is not None:
+                self.host.loop.call_soon_threadsafe(set_if_pending, self._gone)
         except RuntimeError:
             pass
 
     async def _serve(self, ready: asyncio.Future[None]) -> None:
         self._wake = asyncio.Event()
-        self.host.loop.call_soon_threadsafe(_set_if_pending, ready)
+        self.host.loop.call_soon_threadsafe(set_if_pending, ready)
         n = self.spec.concurrency
         if n == 1:
             await self._runner()
@@ -253,12 +262,12 @@ class ThreadWorker(Worker):
             task = inbox.popleft()
             if task is _STOP:
                 inbox.appendleft(_STOP)  # leave it for the other runners
+                self._stop_seen = True
                 wake.set()
                 return
-            self.current = task
             running[task] = me
             ctx.task_id = task.id
-            post(_STARTED, task)
+            post(_STARTED, task, at=time.time())
             try:
                 self._sync_task = task
                 value = task.fn(*task.args)
@@ -273,17 +282,17 @@ class ThreadWorker(Worker):
                 elif me.cancelling():
                     raise  # the worker itself is being cancelled
                 else:
-                    ok, value = False, exc  # the task raised CancelledError by itself
+                    ok, value = False, _own_traceback(exc)  # the task raised CancelledError itself
             except GeneratorExit:
                 raise  # this runner's coroutine is being closed
             except BaseException as exc:  # Exception, or SystemExit/KeyboardInterrupt from the task
                 self._sync_task = None
-                ok, value = False, exc
+                ok, value = False, _own_traceback(exc)
             cancelling.discard(task)
             del running[task]
-            self.current = None
             ctx.task_id = None
-            post(_DONE, task, ok, value)
+            post(_DONE, task, ok, value, time.time())
+            task = value = None  # keep no reference to a settled task or its result
 
     def _cancel_in_worker(self, task: Task[Any]) -> None:
         runner = self._running.get(task)
@@ -295,6 +304,14 @@ class ThreadWorker(Worker):
         self._post(_PUBLISH, topic, data, task_id)
 
 
-def _set_if_pending(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _own_traceback(exc: BaseException) -> BaseException:
+    """Start ``exc``'s traceback at the task's own function: without the runner's frame,
+    code that clears the traceback's frames (``traceback.clear_frames``, as unittest's
+    ``assertRaises`` does) can never finalize the runner."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is _RUNNER_CODE:
+        exc.__traceback__ = tb.tb_next
+    return exc
+
+
+_RUNNER_CODE = ThreadWorker._runner.__code__

@@ -1,0 +1,666 @@
+"""The pool's core: each task's life (intake -> dispatch -> settle -> drain) and the pool's.
+
+The dispatch path, as this module runs it::
+
+    add(fn, args)                                        pool's event loop
+        |  Task(id, fn, args)  -- QueueFull / PoolClosed raised here, at the boundary
+        v
+    Scheduler.queue  ("queued": counts, rounds, records are plain sync bookkeeping)
+        |  pump(): Scheduler.assignments() -> (slot, task) while a slot has room
+        v
+    Worker.send(task)  ("active")   one module per kind: inline | thread | process | ...
+        |                           a worker holds up to `window` tasks, runs `concurrency`
+        v
+    worker runs fn(*args) ---- task_started(task, at) ----> RUNNING, timer, start callbacks
+        |
+        +--------------------- task_finished(task, ok, value, at) ---+
+                                                                     v
+                 settle(): Task state + waiters, counts, record, task.* event,
+                           Hooks: race / then / catch; Supervisor.after_task; pump()
+                                                                     v
+                 drained? -> Hooks: all_settled, pool.drained, join() returns
+
+Every transition goes through the scheduler first and only then through callbacks, so a
+callback, a subscriber or a worker that fails can never leave the books inconsistent.
+Workers' lives (start, restart, recycle, stop) belong to :mod:`taskpool._supervisor`;
+the core implements the three interfaces the others call back through:
+:class:`~taskpool._task.TaskOwner`, :class:`~taskpool._workers.WorkerHost` and
+:class:`~taskpool._supervisor.SlotHost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import structlog
+
+from . import _context
+from ._errors import PoolBroken, PoolClosed, QueueFull, TaskCancelled, TaskTimeout, WorkerCrashed, as_task_failed
+from ._events import EventBus, set_if_pending
+from ._hooks import Hooks, in_hook
+from ._options import PoolOptions, check_callable, check_grace, check_timeout
+from ._scheduler import Scheduler, Slot
+from ._supervisor import Supervisor
+from ._task import Task, describe_error
+from ._types import (
+    PoolEvent,
+    PoolState,
+    TaskEvent,
+    TaskState,
+    WorkerEvent,
+    WorkerLogEvent,
+    WorkerSnapshot,
+    WorkerState,
+)
+from ._workers import CancelResult, Worker, WorkerExit, WorkerSpec, backend
+
+__all__ = ["Extra", "PoolCore"]
+
+_QUEUED = TaskState.QUEUED
+_RUNNING = TaskState.RUNNING
+_SUCCEEDED = TaskState.SUCCEEDED
+_FAILED = TaskState.FAILED
+_CANCELLED = TaskState.CANCELLED
+_TOPIC = {_SUCCEEDED: "task.succeeded", _FAILED: "task.failed", _CANCELLED: "task.cancelled"}
+_OPEN = (PoolState.NEW, PoolState.RUNNING)
+#: Seconds workers get to end after being killed before they are abandoned (closing).
+KILL_WAIT = 1.0
+#: Seconds a pool that was not given a ``grace`` waits for its workers to stop by themselves.
+STOP_WAIT = 10.0
+
+
+class Extra(Protocol):
+    """Something tied to a pool's life (a persistent worker, a service)."""
+
+    async def aclose(self) -> None:
+        """Stop it (the pool is closing)."""
+
+    def snapshot_workers(self) -> list[WorkerSnapshot]:
+        """Its workers, for the pool's snapshot."""
+
+
+class PoolCore:
+    """Runs one pool: its tasks, its workers (through a Supervisor) and its lifetime.
+
+    ``FunctionPool`` is its public face; persistent workers and services run on a core
+    of their own (``role`` ``"persistent"`` / ``"service"``), numbering their workers
+    from ``first_worker_id`` and also publishing worker events on ``worker_buses``.
+    """
+
+    def __init__(
+        self,
+        options: PoolOptions,
+        *,
+        role: str = "pool",
+        first_worker_id: int = 0,
+        worker_buses: tuple[EventBus, ...] = (),
+        cancel_grace: float | None = None,
+    ) -> None:
+        self.options = options
+        self.name = options.name
+        self.role = role
+        self.backend: type[Worker] = backend(options.worker)
+        caps = self.capabilities = self.backend.capabilities
+        if options.max_memory_per_worker is not None and not caps.reports_memory:
+            raise ValueError(
+                f"max_memory_per_worker needs workers with memory of their own; worker={options.worker!r} "
+                "shares the pool's memory (use worker='process')"
+            )
+        self.events = EventBus(source=self.name)
+        self.worker_buses: list[EventBus] = [self.events, *worker_buses]
+        self.worker_listeners: list[Callable[[WorkerEvent], None]] = []  # told synchronously
+        self.log = structlog.get_logger("taskpool").bind(pool=self.name)
+        self.sched = Scheduler(keep_records=options.keep_records)
+        for i in range(options.pool_size):
+            self.sched.add_slot(
+                Slot(first_worker_id + i, caps.window, adaptive=caps.adaptive_window, concurrency=options.concurrency)
+            )
+        spec = WorkerSpec(
+            pool_name=self.name, log_dir=options.log_dir, concurrency=options.concurrency, cancel_grace=cancel_grace
+        )
+        self.sup = Supervisor(
+            self,
+            self.sched,
+            self.backend,
+            spec,
+            restart=options.restart,
+            max_tasks=options.max_tasks_per_worker,
+            max_memory=options.max_memory_per_worker,
+            log=self.log,
+            name=self.name,
+        )
+        self.hooks = Hooks(self, self.events, self.log)
+        self.hooks.on_finished = self.schedule_check
+        self.extras: list[Extra] = []
+        self._extra_runs: list[Callable[[], Awaitable[None]]] = []  # services added before start
+        self._next_extra_id = first_worker_id + options.pool_size
+        self._ids = itertools.count(1)
+        self._state = PoolState.NEW
+        self._broken: PoolBroken | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self._loop_thread: int | None = None
+        self._host_task: asyncio.Task[None] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._join_waiters: list[asyncio.Future[None]] = []
+        self.room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._check_scheduled = False
+
+    # --- SlotHost: what the supervisor asks ---------------------------------------------------
+
+    @property
+    def state(self) -> PoolState:
+        """The pool's :class:`PoolState`."""
+        return self._state
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the workers are being stopped (closing has passed its drain)."""
+        return self._stop_event is not None and self._stop_event.is_set()
+
+    @property
+    def has_queued(self) -> bool:
+        return self.sched.n_queued > 0
+
+    def worker_ready(self, slot: Slot) -> None:
+        self.sched.open_slot(slot, time.time())
+        if self._tg is not None and self._state in (PoolState.RUNNING, PoolState.CLOSING):
+            self.pump()
+
+    def worker_ended(self, slot: Slot, worker: Worker, exit: WorkerExit) -> None:
+        """Put the books right after a worker ended: fail what it ran, requeue the rest."""
+        for task in self.sched.take_back(slot):
+            if not task.done():
+                crash = WorkerCrashed(
+                    f"worker {slot.id} died while running task {task.id}: {exit.reason}",
+                    worker_id=slot.id,
+                    exitcode=exit.exitcode,
+                    signal=exit.signal,
+                )
+                self.settle(task, _FAILED, None, crash)
+        slot.state = WorkerState.EXITED
+        if exit.failed:
+            self.log.warning(
+                "worker exited", worker_id=slot.id, reason=exit.reason, exitcode=exit.exitcode, signal=exit.signal
+            )
+        self.emit_worker("worker.exited", worker, reason=exit.reason, exitcode=exit.exitcode, signal=exit.signal)
+        self.pump()
+        self.schedule_check()
+
+    def slot_dead(self, slot: Slot, failures: list[str], why: str) -> None:
+        if all(s.dead for s in self.sched.slots) and self._state in (PoolState.RUNNING, PoolState.CLOSING):
+            self._broken = PoolBroken(
+                f"pool {self.name!r} is broken: no worker can be started any more ({why}); "
+                f"last failures: {'; '.join(failures)}"
+            )
+            self._state = PoolState.BROKEN
+            for task in self.sched.queued_tasks():
+                self.settle(task, _FAILED, None, self._broken)
+            self.schedule_check()
+            if self._stop_event is not None:
+                self._stop_event.set()
+
+    def emit_worker(self, topic: str, worker: Worker, **fields: Any) -> None:
+        listeners = self.worker_listeners
+        buses = [b for b in self.worker_buses if b.wants(topic)]
+        if not buses and not listeners:
+            return
+        event = WorkerEvent(
+            topic=topic,
+            time=time.time(),
+            worker_id=worker.id,
+            worker_kind=worker.kind,
+            pid=worker.pid,
+            role=self.role,
+            **fields,
+        )
+        for listener in listeners:
+            listener(event)
+        for bus in buses:
+            bus.emit(event)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the workers; return once every worker has answered.
+
+        Raises:
+            RuntimeError: the pool was already started.
+            PoolBroken: the workers could not be started within the restart policy.
+        """
+        if self._state is not PoolState.NEW:
+            raise RuntimeError(f"pool {self.name!r} was already started (state {self._state})")
+        self._state = PoolState.RUNNING
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        ready: asyncio.Future[None] = self.loop.create_future()
+        # The host task owns the pool's task group, so start() and aclose() may be called
+        # from different tasks; aclose() awaits it: nothing the pool runs is left behind.
+        self._host_task = self.loop.create_task(self._host(ready), name=f"taskpool-{self.name}")
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            if not ready.done() or ready.cancelled():  # we were cancelled while starting
+                self._state = PoolState.CLOSING
+                self.cancel_all(TaskCancelled("pool start was cancelled"))
+                self._stop_event.set()
+                with anyio.CancelScope(shield=True):
+                    await self._stop_and_wait(None)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._wait_host(STOP_WAIT)
+                self._finish_close()
+            raise
+
+    async def _host(self, ready: asyncio.Future[None]) -> None:
+        assert self._stop_event is not None
+        started = False
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    await self.sup.start_all(tg)
+                except BaseException as exc:
+                    if not ready.done():
+                        err = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+                        ready.set_exception(err)
+                    raise
+                if not ready.done():
+                    ready.set_result(None)
+                started = True
+                self.hooks.bind(tg)
+                for run in self._extra_runs:
+                    tg.start_soon(run)
+                self._extra_runs.clear()
+                self.pump()
+                self.schedule_check()
+                await self._stop_event.wait()
+                self.sup.stop_all()  # aclose has drained or cancelled the tasks by now
+                for extra in list(self.extras):
+                    tg.start_soon(extra.aclose)
+        except BaseException as exc:
+            if not ready.done():
+                err = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
+                ready.set_exception(err if isinstance(err, (Exception, asyncio.CancelledError)) else PoolBroken(repr(err)))
+            self.cancel_all(PoolBroken(f"pool {self.name!r} stopped unexpectedly: {exc!r}"))
+            if not isinstance(exc, (asyncio.CancelledError, Exception)):
+                raise
+            if isinstance(exc, Exception) and started:  # a failed start is raised by start()
+                self.log.error("pool host failed", exc_info=exc)
+        finally:
+            self._tg = None
+            self.hooks.unbind(f"pool {self._state}")
+
+    async def aclose(self, *, cancel: bool = False, grace: float | None = None) -> None:
+        """Close: stop intake, settle every task, stop the workers (see FunctionPool.aclose).
+
+        Every wait is bounded once tasks are cancelled: hooks still running are
+        cancelled, workers that ignore the stop request are killed, and workers that do
+        not report their end are abandoned.
+
+        Raises:
+            ValueError: ``grace`` is negative or not finite.
+        """
+        grace = check_grace("grace", grace)
+        if self._state is PoolState.NEW:
+            self._state = PoolState.CLOSING
+            self.cancel_all(TaskCancelled("pool closed before it started"))
+            with anyio.CancelScope(shield=True):
+                for extra in list(self.extras):  # persistent workers run even before start
+                    await extra.aclose()
+            self._finish_close()
+            return
+        if self._state is PoolState.CLOSED:
+            return
+        if self._state is PoolState.RUNNING:
+            self._state = PoolState.CLOSING
+        try:
+            if cancel:
+                self._cancel_everything("pool closed with cancel=True")
+            else:
+                with anyio.move_on_after(grace):
+                    await self.drained()
+                if not self.sched.drained or self.hooks.running:
+                    self._cancel_everything(f"pool closed: grace of {grace} s ran out")
+        except BaseException:
+            # Our caller is cancelled: close hard, but still close.
+            self._cancel_everything("pool closed: the closing code was cancelled")
+            with anyio.CancelScope(shield=True):
+                await self._stop_and_wait(grace)
+            raise
+        with anyio.CancelScope(shield=True):
+            await self._stop_and_wait(grace)
+
+    def _cancel_everything(self, why: str) -> None:
+        self.cancel_all(TaskCancelled(why))
+        self.hooks.cancel_running(why)
+
+    async def _stop_and_wait(self, grace: float | None) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+        if not await self._wait_host(STOP_WAIT if grace is None else max(grace, 0.5)):
+            self.sup.kill_all()  # workers ignored the stop request
+            if not await self._wait_host(KILL_WAIT):
+                # Workers that never report their end, hooks that swallow cancellation.
+                self.sup.abandon_all()
+                self._cancel_everything("pool closed: workers did not stop")
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+                if not await self._wait_host(KILL_WAIT):
+                    self.log.error("pool host did not end; leaving it behind", host=repr(self._host_task))
+        await self.sup.join_abandoned(0.0 if grace is None else grace)
+        self._finish_close()
+
+    async def _wait_host(self, limit: float) -> bool:
+        host = self._host_task
+        if host is None or host.done():
+            return True
+        with anyio.move_on_after(limit):
+            try:
+                await asyncio.shield(host)
+            except BaseException:
+                if not host.done():
+                    raise
+        return host.done()
+
+    def _finish_close(self) -> None:
+        if self._state is PoolState.CLOSED:
+            return
+        self.cancel_all(TaskCancelled("pool closed"))
+        self._state = PoolState.CLOSED
+        if self.events.wants("pool.closed"):
+            self.events.emit(PoolEvent(topic="pool.closed", time=time.time(), pool=self.name))
+        self.events.close()
+        waiters, self._join_waiters = self._join_waiters, []
+        while self.room_waiters:
+            waiters.append(self.room_waiters.popleft())
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait until nothing is queued, held by a worker, or running as an async hook.
+
+        A pending drain check is waited for too, so the round's ``all_settled`` hooks
+        and ``pool.drained`` have run by the time this returns.
+        """
+        own = 1 if in_hook.get() is self else 0  # awaited by an async hook: not itself
+        while (
+            not self.sched.drained or self.hooks.running > own or self._check_scheduled
+        ) and self._state is not PoolState.CLOSED:
+            fut = asyncio.get_running_loop().create_future()
+            self._join_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done():
+                    fut.cancel()
+
+    # --- extras: persistent workers and services tied to this pool -------------------------
+
+    def reserve_worker_ids(self, count: int) -> int:
+        """Reserve ``count`` worker ids after the pool's own; returns the first."""
+        first = self._next_extra_id
+        self._next_extra_id += count
+        return first
+
+    def check_open(self) -> None:
+        """Raise PoolClosed unless extras may still be tied to the pool."""
+        if self._state not in _OPEN:
+            raise PoolClosed(f"pool {self.name!r} is {self._state}")
+
+    def attach(self, extra: Extra, run: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Tie ``extra`` to the pool's life; ``run`` runs in the pool's task group."""
+        self.extras.append(extra)
+        if run is not None:
+            if self._tg is not None:
+                self._tg.start_soon(run)
+            else:
+                self._extra_runs.append(run)
+
+    def detach(self, extra: Extra) -> None:
+        if extra in self.extras:
+            self.extras.remove(extra)
+
+    # --- intake --------------------------------------------------------------------------
+
+    def add(self, fn: Callable[..., Any], args: tuple[Any, ...], meta: Any, timeout: float | None) -> Task[Any]:
+        """Queue ``fn(*args)``; see ``FunctionPool.add_task`` for what it raises."""
+        check_callable("add_task()", fn)
+        timeout = self.options.task_timeout if timeout is None else check_timeout("timeout", timeout)
+        state = self._state
+        if state not in _OPEN:
+            self._check_intake(state)
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            self.check_thread()
+        sched = self.sched
+        max_queue = self.options.max_queue
+        if max_queue is not None and sched.n_waiting >= max_queue:
+            raise QueueFull(f"pool {self.name!r} has {sched.n_waiting} tasks waiting to start (max_queue={max_queue})")
+        task: Task[Any] = Task(self, next(self._ids), fn, args, meta, timeout, time.time())
+        sched.add(task)
+        events = self.events
+        if events.wants("task.queued"):
+            events.emit(TaskEvent(topic="task.queued", time=task.queued_at, task_id=task.id, state=_QUEUED, meta=meta))
+        if sched.free > 0 and self._tg is not None:
+            self.pump()
+        return task
+
+    def _check_intake(self, state: PoolState) -> None:
+        if state is PoolState.BROKEN:
+            assert self._broken is not None
+            raise self._broken
+        if state is PoolState.CLOSING and (self.hooks.depth or in_hook.get() is self or self._in_own_task()):
+            return  # follow-up work from the pool's own hooks and tasks while it drains
+        raise PoolClosed(f"pool {self.name!r} is {state}; no more tasks can be added")
+
+    def _in_own_task(self) -> bool:
+        ctx = _context.current.get()
+        return ctx is not None and ctx.owner is self
+
+    def check_thread(self) -> None:
+        """Raise RuntimeError when called off the pool's event loop thread."""
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            raise RuntimeError(f"pool {self.name!r} must be used from the thread running its event loop")
+
+    def wake_room(self) -> None:
+        """Give room in the queue to the first ``submit`` waiting for it."""
+        while self.room_waiters:
+            fut = self.room_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    # --- TaskOwner ---------------------------------------------------------------------
+
+    def cancel_task(self, task: Task[Any], exc: BaseException) -> bool:
+        """Cancel or time out ``task`` (Task.cancel and timers land here)."""
+        if task.done():
+            return False
+        self.check_thread()
+        slot = task.slot
+        if slot is not None and slot.worker is not None:
+            outcome = slot.worker.cancel(task)
+            if outcome is CancelResult.REMOVED:
+                self.sched.release(slot, task, unstarted=True)
+            elif outcome is CancelResult.UNSTOPPABLE:
+                self.sup.retire(slot, "task could not be stopped")
+        self.settle(task, _CANCELLED if isinstance(exc, TaskCancelled) else _FAILED, None, exc)
+        if self._tg is not None:
+            self.pump()
+        return True
+
+    def run_callback(self, kind: str, cb: Callable[..., Any], args: tuple[Any, ...], task: Task[Any] | None) -> None:
+        self.hooks.run(kind, cb, args, task)
+
+    def _on_timeout(self, task: Task[Any]) -> None:
+        task._timer = None
+        if not task.done():
+            self.cancel_task(task, TaskTimeout(f"task {task.id} timed out after {task.timeout} s"))
+
+    def cancel_all(self, exc: TaskCancelled | PoolBroken) -> None:
+        """Settle every task not settled yet with ``exc``."""
+        sched = self.sched
+        for task in sched.active_tasks() + sched.queued_tasks():
+            if not task.done():
+                self.cancel_task(task, exc)
+        sched.queue.clear()
+
+    # --- WorkerHost: what workers report -------------------------------------------------
+
+    def task_started(self, worker: Worker, task: Task[Any], at: float) -> None:
+        if task._state is not _QUEUED:
+            return  # settled while its start was on the way
+        self.sched.started(task, worker.id, at)
+        if task.timeout is not None:
+            # Counted from the start in the worker, not from when the report arrived.
+            delay = max(0.0, task.timeout - (time.time() - at))
+            task._timer = self.loop.call_later(delay, self._on_timeout, task)
+        if self.room_waiters:
+            self.wake_room()
+        cbs = task._start_callbacks
+        if cbs is not None:
+            task._start_callbacks = None
+            for cb in cbs:
+                self.hooks.run("start_callback", cb, (task,), task)
+        events = self.events
+        if events.wants("task.started"):
+            events.emit(
+                TaskEvent(
+                    topic="task.started", time=at, task_id=task.id, state=_RUNNING, meta=task.meta, worker_id=worker.id
+                )
+            )
+
+    def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
+        state = task._state
+        pending = state is _QUEUED or state is _RUNNING
+        if pending:
+            task.finished_at = at  # the worker's clock: the run time is the call's own
+        slot = task.slot
+        if slot is not None:
+            self.sched.release(slot, task)
+            if task.started_at is not None:
+                self.sched.observe(slot, at - task.started_at)
+            self.sup.after_task(slot, worker)
+        if pending:
+            if ok:
+                self.settle(task, _SUCCEEDED, value, None)
+            else:
+                if not isinstance(value, BaseException):
+                    value = TaskCancelled(f"task {task.id} was stopped")
+                elif not isinstance(value, Exception):
+                    value = as_task_failed(value)
+                self.settle(task, _CANCELLED if isinstance(value, TaskCancelled) else _FAILED, None, value)
+
+    def task_returned(self, worker: Worker, task: Task[Any]) -> None:
+        slot = task.slot
+        if slot is not None:
+            self.sched.give_back(slot, task)
+
+    def batch_done(self) -> None:
+        self.pump()
+        self.schedule_check()
+
+    def worker_publish(self, worker: Worker, topic: str, data: Any, task_id: int | None) -> None:
+        for bus in self.worker_buses:
+            bus.publish(topic, data, task_id=task_id, worker_id=worker.id)
+
+    def worker_log(self, worker: Worker, stream: str, line: str) -> None:
+        log = self.log.warning if stream == "stderr" else self.log.info
+        log("worker output", worker_id=worker.id, stream=stream, line=line)
+        for bus in self.worker_buses:
+            if bus.wants("worker.log"):
+                bus.emit(
+                    WorkerLogEvent(topic="worker.log", time=time.time(), worker_id=worker.id, stream=stream, line=line)  # type: ignore[arg-type]
+                )
+
+    # --- dispatch and settlement ---------------------------------------------------------
+
+    def pump(self) -> None:
+        """Hand queued tasks to workers with room; let idle workers take unstarted work."""
+        sched = self.sched
+        if sched.free > 0 and sched.queue:
+            for slot, task in sched.assignments(time.time()):
+                assert slot.worker is not None
+                slot.worker.send(task)
+        if not sched.queue and sched.free > 0 and self.capabilities.reclaims_unstarted:
+            for src, task, dst in list(sched.steal_candidates()):
+                if src.worker is not None and dst.worker is not None and src.worker.reclaim(task):
+                    sched.move(task, src, dst)
+                    dst.worker.send(task)
+
+    def settle(self, task: Task[Any], state: TaskState, result: Any, exc: BaseException | None) -> None:
+        """Give ``task`` its final state, then tell its awaiters, subscribers and hooks."""
+        unstarted = task.started_at is None
+        task._settle(state, result, exc, time.time())
+        first = self.sched.settled(task, keep_in_round=self.hooks.wants_rounds)
+        if unstarted and self.room_waiters:
+            self.wake_room()
+        callbacks = task._callbacks
+        if callbacks is not None:
+            task._callbacks = None
+            for cb in callbacks:
+                if isinstance(cb, asyncio.Future):
+                    if not cb.done():
+                        if cb.get_loop() is self.loop:
+                            cb.set_result(None)
+                        else:
+                            cb.get_loop().call_soon_threadsafe(set_if_pending, cb)
+                else:
+                    self.hooks.run("done_callback", cb, (task,), task)
+        events = self.events
+        topic = _TOPIC[state]
+        if events.wants(topic):
+            events.emit(
+                TaskEvent(
+                    topic=topic,
+                    time=task.finished_at or 0.0,
+                    task_id=task.id,
+                    state=state,
+                    meta=task.meta,
+                    worker_id=task.worker_id,
+                    error=describe_error(exc),
+                )
+            )
+        self.hooks.settled(task, result if exc is None else exc, exc is None, first)
+        self.schedule_check()
+
+    def schedule_check(self) -> None:
+        # Drain is checked once per loop iteration, after a batch of settlements, so
+        # all_settled never runs inside another hook and sees follow-up work they added.
+        if not self._check_scheduled and self.loop is not None:
+            self._check_scheduled = True
+            self.loop.call_soon(self._check_drained)
+
+    def _check_drained(self) -> None:
+        self._check_scheduled = False
+        sched = self.sched
+        if not sched.drained:
+            return
+        tasks = sched.close_round()
+        if tasks is not None:
+            self.hooks.drained(tasks)
+            if self.events.wants("pool.drained"):
+                self.events.emit(
+                    PoolEvent(
+                        topic="pool.drained",
+                        time=time.time(),
+                        pool=self.name,
+                        round=sched.round_no,
+                        settled=sched.round_settled,
+                    )
+                )
+        if sched.drained:
+            waiters, self._join_waiters = self._join_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)

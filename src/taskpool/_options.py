@@ -1,0 +1,173 @@
+"""Options and their checks, in one place: every boundary validates through these.
+
+Each check raises ``TypeError`` for a value of the wrong type and ``ValueError`` for one
+out of range, with a message naming the argument and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._restart import RestartPolicy
+
+__all__ = [
+    "MAX_WORKERS",
+    "PoolOptions",
+    "check_callable",
+    "check_count",
+    "check_grace",
+    "check_name",
+    "check_restart",
+    "check_timeout",
+    "default_pool_size",
+]
+
+#: Upper bound on ``pool_size`` (and service ``instances``): far above what one machine
+#: runs usefully, low enough that a typo cannot spawn a million workers.
+MAX_WORKERS = 1024
+
+
+def default_pool_size() -> int:
+    """``$TASKPOOL_WORKERS`` if set, else the number of CPUs this process may use.
+
+    Raises:
+        ValueError: ``TASKPOOL_WORKERS`` is set but is not an integer in 1..MAX_WORKERS.
+    """
+    env = os.environ.get("TASKPOOL_WORKERS")
+    if env is not None and env.strip():
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= MAX_WORKERS:
+            raise ValueError(f"TASKPOOL_WORKERS must be an integer >= 1 and <= {MAX_WORKERS}, got {env!r}")
+        return n
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_timeout(name: str, value: float | None) -> float | None:
+    """A timeout in seconds: a finite number > 0, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0 or None, got {value!r}")
+    return float(value)
+
+
+def check_grace(name: str, value: float | None, *, optional: bool = True) -> float | None:
+    """A grace period in seconds: a finite number >= 0 (or None when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        what = "a number of seconds or None" if optional else "a number of seconds"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0{' or None' if optional else ''}, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: int | None, minimum: int = 1, maximum: int | None = None) -> int | None:
+    """An int in ``minimum..maximum``, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        accepted = f">= {minimum}" if maximum is None else f">= {minimum} and <= {maximum}"
+        raise ValueError(f"{name} must be {accepted} or None, got {value!r}")
+    return value
+
+
+def check_callable(what: str, fn: Any) -> Callable[..., Any]:
+    """``fn`` itself when callable."""
+    if not callable(fn):
+        raise TypeError(f"{what} needs a callable, got {type(fn).__name__}")
+    return fn  # type: ignore[no-any-return]
+
+
+def check_restart(value: RestartPolicy | None, default: RestartPolicy) -> RestartPolicy:
+    """A RestartPolicy, or ``default`` for None."""
+    if value is None:
+        return default
+    if not isinstance(value, RestartPolicy):
+        raise TypeError(f"restart must be a RestartPolicy or None, got {type(value).__name__}")
+    return value
+
+
+def check_name(what: str, value: str | None) -> str | None:
+    """A non-empty str, or None."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{what} must be a non-empty str or None, got {value!r}")
+    return value
+
+
+class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """A pool's options, checked (see :meth:`checked`)."""
+
+    pool_size: int
+    worker: str
+    max_queue: int | None = None
+    task_timeout: float | None = None
+    max_tasks_per_worker: int | None = None
+    max_memory_per_worker: int | None = None
+    restart: RestartPolicy = RestartPolicy()
+    log_dir: str | None = None
+    keep_records: int = 10_000
+    name: str
+    concurrency: int = 1
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        pool_size: int | None,
+        worker: str,
+        max_queue: int | None,
+        task_timeout: float | None,
+        max_tasks_per_worker: int | None,
+        max_memory_per_worker: int | None,
+        restart: RestartPolicy | None,
+        log_dir: str | os.PathLike[str] | None,
+        keep_records: int,
+        name: str,
+        concurrency: int,
+    ) -> PoolOptions:
+        """Check every option; raise on the first bad one.
+
+        Raises:
+            TypeError: an option has the wrong type.
+            ValueError: an option is out of range (the message names it and what is accepted).
+        """
+        if pool_size is None:
+            pool_size = default_pool_size()
+        elif isinstance(pool_size, bool) or not isinstance(pool_size, int):
+            raise TypeError(f"pool_size must be an int >= 1 or None, got {type(pool_size).__name__}")
+        elif not 1 <= pool_size <= MAX_WORKERS:
+            raise ValueError(f"pool_size must be an int >= 1 and <= {MAX_WORKERS} or None, got {pool_size!r}")
+        if isinstance(keep_records, bool) or not isinstance(keep_records, int) or keep_records < 0:
+            raise ValueError(f"keep_records must be an int >= 0, got {keep_records!r}")
+        if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
+            raise TypeError(f"log_dir must be a path or None, got {type(log_dir).__name__}")
+        return cls(
+            pool_size=pool_size,
+            worker=worker,
+            max_queue=check_count("max_queue", max_queue),
+            task_timeout=check_timeout("task_timeout", task_timeout),
+            max_tasks_per_worker=check_count("max_tasks_per_worker", max_tasks_per_worker),
+            max_memory_per_worker=check_count("max_memory_per_worker", max_memory_per_worker),
+            restart=check_restart(restart, RestartPolicy()),
+            log_dir=os.fspath(log_dir) if log_dir is not None else None,
+            keep_records=keep_records,
+            name=name,
+            concurrency=check_count("concurrency", concurrency, maximum=MAX_WORKERS) or 1,
+        )
