@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskpool import StatusType, FunctionPool, Task, TaskCancelled, TaskState
+from taskpool import FunctionPool, StatusType, Task, TaskCancelled, TaskState
 
 from . import _funcs as f
 from ._support import Gate

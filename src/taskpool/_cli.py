@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main"]
+from ._workers import kind_names
 
-KINDS = ("process", "thread", "inline")
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,9 +25,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the seed examples (fib, primes, tribonacci, pi) with their "
         "race / then / all_settled output, live status and timing.",
     )
+    kinds = kind_names()  # every registered worker kind, third-party ones included
     demo.add_argument(
         "--worker",
-        choices=KINDS,
+        choices=kinds,
         default="process",
         help="the kind of the persistent workers (and of the pool in the 'tasks' scenario; default: process)",
     )
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--restart-limit", type=int, default=None, help="consecutive failures before giving up")
     srv.add_argument("--log-dir", default=None, help="also write each worker's output to a file there")
     srv.add_argument("--grace", type=float, default=5.0, help="seconds to stop gracefully before killing (default 5)")
-    srv.add_argument("--worker", choices=("process", "thread"), default="process", help="worker kind (default process)")
+    srv.add_argument("--worker", choices=kinds, default="process", help="worker kind (default process)")
     return parser
 
 
@@ -131,9 +132,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ._loop import new_event_loop
     from ._restart import RestartPolicy
     from ._serve import EXIT_BAD_TARGET, resolve_target, serve
-    from ._workers._thread import new_event_loop
 
     def fail(message: str) -> int:
         print(f"taskpool serve: {message}", file=sys.stderr)

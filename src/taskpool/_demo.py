@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 import anyio
 
+from ._loop import new_event_loop
 from ._pool import FunctionPool
 from ._types import StatusType, TaskEvent
-from ._workers._thread import new_event_loop
 from .examples import basic_workers, process_pool, shared_workers, stateful_chaining
 
 __all__ = ["SCENARIOS", "Console", "run_demo"]

@@ -72,7 +72,8 @@ def check_grace(name: str, value: float | None, *, optional: bool = True) -> flo
         what = "a number of seconds or None" if optional else "a number of seconds"
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0{' or None' if optional else ''}, got {value!r}")
+        also = " or None" if optional else ""
+        raise ValueError(f"{name} must be a finite number of seconds >= 0{also}, got {value!r}")
     return float(value)
 
 

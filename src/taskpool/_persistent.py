@@ -11,15 +11,16 @@ timeouts and restarts behave as they do for pool tasks::
 
 On a kind whose workers are isolated interpreters (process) the module is imported in
 the worker (its ``sys.modules`` is its own). On a kind sharing the pool's interpreter
-(thread, inline) the module's source is executed afresh, on the worker, into a private copy registered under a name of its own
-(``pkg.mod<taskpool-N>``, so dataclasses and pickling work) and never under
-``pkg.mod``: each proxy has state of its own, and the parent's ``pkg.mod`` is untouched.
+(thread, inline) the module's source is executed afresh, on the worker, into a private
+copy registered under a name of its own (``pkg.mod<taskpool-N>``, so dataclasses and
+pickling work) and never under ``pkg.mod``: each proxy has state of its own, and the
+parent's ``pkg.mod`` is untouched.
 
 The proxy hears its worker's events as they happen (a listener of the private core):
-when the worker dies, the calls still pending fail with
-:class:`WorkerCrashed` (they must not silently run on a fresh worker whose state started
-over), and without a restart policy the proxy is broken from then on, so later calls
-fail at once instead of waiting for a worker that will never come. When the worker is
+when the worker dies, the calls still pending fail with :class:`WorkerCrashed` (they
+must not silently run on a fresh worker whose state started over), and without a
+restart policy the proxy is broken from then on, so later calls fail at once instead
+of waiting for a worker that will never come. When the worker is
 replaced (after a crash with a restart policy, or after a call that could not be
 stopped overran its timeout), the next worker starts with a fresh copy of the module.
 """
@@ -31,7 +32,6 @@ import functools
 import importlib
 import importlib.machinery
 import importlib.util
-import inspect
 import itertools
 import sys
 import threading

@@ -13,7 +13,7 @@ import itertools
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, Unpack, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, overload
 
 import anyio
 
@@ -181,22 +181,22 @@ class FunctionPool:
     @overload
     def add_task(
         self,
-        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        fn: Callable[[*Ts], Awaitable[T]],
         /,
-        *args: Unpack[Ts],
+        *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
     ) -> Task[T]: ...
     @overload
     def add_task(
-        self, fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts], meta: Any = None, timeout: float | None = None
+        self, fn: Callable[[*Ts], T], /, *args: *Ts, meta: Any = None, timeout: float | None = None
     ) -> Task[T]: ...
 
     def add_task(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[*Ts], Any],
         /,
-        *args: Any,
+        *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
     ) -> Task[Any]:
@@ -219,22 +219,22 @@ class FunctionPool:
     @overload
     async def submit(
         self,
-        fn: Callable[[Unpack[Ts]], Awaitable[T]],
+        fn: Callable[[*Ts], Awaitable[T]],
         /,
-        *args: Unpack[Ts],
+        *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
     ) -> Task[T]: ...
     @overload
     async def submit(
-        self, fn: Callable[[Unpack[Ts]], T], /, *args: Unpack[Ts], meta: Any = None, timeout: float | None = None
+        self, fn: Callable[[*Ts], T], /, *args: *Ts, meta: Any = None, timeout: float | None = None
     ) -> Task[T]: ...
 
     async def submit(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[[*Ts], Any],
         /,
-        *args: Any,
+        *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
     ) -> Task[Any]:
@@ -417,9 +417,9 @@ class FunctionPool:
 
     def keep_alive(
         self,
-        fn: Callable[[Unpack[Ts]], Any],
+        fn: Callable[[*Ts], Any],
         /,
-        *args: Unpack[Ts],
+        *args: *Ts,
         name: str,
         instances: int = 1,
         restart: RestartPolicy | None = None,

@@ -105,10 +105,8 @@ class BusyMeter:
         for k, b in zip(self._key, self._busy, strict=True):
             if k < first or not b:
                 continue
-            if k == first and not young:
-                # The bucket straddling the window's start: take its inside share.
-                b *= ((k + 1) * BUCKET - lo) / BUCKET
-            total += b
+            # The bucket straddling the window's start: take its inside share.
+            total += b * ((k + 1) * BUCKET - lo) / BUCKET if k == first and not young else b
         for started in running_since:
             total += now - max(started, lo)
         return max(0.0, min(1.0, total / (span * self.capacity)))

@@ -120,7 +120,7 @@ class Service:
         except Exception as exc:
             self._state = ServiceState.BROKEN
             self._emit("service.broken", -1, reason=describe_error(exc) or "failed")
-            self._parent.log.error("service failed", service=self.name, exc_info=exc)
+            self._parent.log.exception("service failed", service=self.name, exc_info=exc)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._core.aclose(cancel=True, grace=self.grace)

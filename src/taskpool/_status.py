@@ -26,9 +26,7 @@ def status(core: PoolCore, field: str, kind: StatusType | str) -> Any:
     try:
         kind = StatusType(kind)
     except ValueError:
-        raise ValueError(
-            f"unknown status kind {kind!r}; accepted: {', '.join(k.value for k in StatusType)}"
-        ) from None
+        raise ValueError(f"unknown status kind {kind!r}; accepted: {', '.join(k.value for k in StatusType)}") from None
     sched = core.sched
     if field == "*":
         if kind is StatusType.RAW:

@@ -246,7 +246,10 @@ class Supervisor:
                         task_status.started()
                     return
             slot.restarts += 1
-            fields: dict[str, Any] = {"reason": exit.reason, "attempt": slot.restarts if step.planned else backoff.attempt}
+            fields: dict[str, Any] = {
+                "reason": exit.reason,
+                "attempt": slot.restarts if step.planned else backoff.attempt,
+            }
             if not step.planned:
                 fields["delay"] = step.delay
             host.emit_worker("worker.restarted", worker, **fields)
@@ -323,7 +326,5 @@ class Supervisor:
         self.abandoned = left
 
 
-async def _start_in(
-    tg: anyio.abc.TaskGroup, supervise: Callable[..., Any], slot: Slot
-) -> None:
+async def _start_in(tg: anyio.abc.TaskGroup, supervise: Callable[..., Any], slot: Slot) -> None:
     await tg.start(supervise, slot)

@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import threading
 
-from ._base import Capabilities, CancelResult, Worker, WorkerExit, WorkerHost, WorkerSpec
+from ._base import CancelResult, Capabilities, Worker, WorkerExit, WorkerHost, WorkerSpec
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -82,8 +82,8 @@ def backend(kind: str) -> type[Worker]:
         ValueError: no kind of that name is registered (the message lists those that are),
             or its target does not load as a Worker subclass.
     """
-    if not isinstance(kind, str):
-        raise ValueError(f"worker must be one of {', '.join(map(repr, kind_names()))}; got {kind!r}")
+    if not isinstance(kind, str):  # the contract: any bad ``worker=`` is a ValueError
+        raise ValueError(f"worker must be one of {', '.join(map(repr, kind_names()))}; got {kind!r}")  # noqa: TRY004
     target = _REGISTRY.get(kind)
     if target is None:
         _read_entry_points()
@@ -97,8 +97,9 @@ def backend(kind: str) -> type[Worker]:
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"worker kind {kind!r} could not be loaded from {target!r}: {exc}") from exc
         if not (isinstance(cls, type) and issubclass(cls, Worker)):
-            raise ValueError(f"worker kind {kind!r} ({target!r}) is not a Worker subclass")
+            # A bad registration, reported as a bad ``worker=``.
+            raise ValueError(f"worker kind {kind!r} ({target!r}) is not a Worker subclass")  # noqa: TRY004
         with _lock:
             _REGISTRY[kind] = cls
-        return cls  # type: ignore[no-any-return]
+        return cls
     return target

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._context import TaskContext, current
-from ._base import Capabilities, CancelResult, Worker, WorkerExit
+from ._base import CancelResult, Capabilities, Worker, WorkerExit
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -106,7 +106,7 @@ class InlineWorker(Worker):
             del scopes[task]
             ctx.task_id = None
             host.task_finished(self, task, ok, value, time.time())
-            task = value = None  # keep no reference to a settled task or its result
+            del task, value  # keep no reference to a settled task or its result
             host.batch_done()
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:

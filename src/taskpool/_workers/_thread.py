@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .._context import TaskContext, current
 from .._events import set_if_pending
 from .._loop import new_event_loop
-from ._base import Capabilities, CancelResult, Worker, WorkerExit
+from ._base import CancelResult, Capabilities, Worker, WorkerExit
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -292,7 +292,7 @@ class ThreadWorker(Worker):
             del running[task]
             ctx.task_id = None
             post(_DONE, task, ok, value, time.time())
-            task = value = None  # keep no reference to a settled task or its result
+            del task, value  # keep no reference to a settled task or its result
 
     def _cancel_in_worker(self, task: Task[Any]) -> None:
         runner = self._running.get(task)
