@@ -1,9 +1,19 @@
-"""Development sessions: ``nox -s tests lint typing docs benchmarks``.
+"""Development sessions: ``nox -s tests lint typing-mypy typing-pyright docs benchmarks``.
 
-``nox`` with no arguments runs tests, lint, typing and docs; the benchmarks run only on
-request (``nox -s benchmarks``). Every session uses the interpreter nox runs on (Python 3.11+);
-pick another with ``nox -s tests --force-python 3.12`` (pip refuses a Python older than 3.11,
-as ``requires-python`` says).
+``nox`` with no arguments runs tests, lint, both typing sessions and docs; the benchmarks run
+only on request (``nox -s benchmarks``). ``nox -s typing`` runs both type checkers in one
+session (``nox -t typing`` runs the two sessions). Every session uses the interpreter nox runs
+on (Python 3.11+); pick another with ``nox -s tests --force-python 3.12`` (pip refuses a Python
+older than 3.11, as ``requires-python`` says).
+
+The typing gates, like trio's and structlog's, are one session per checker, each failing on
+its own:
+
+- ``typing-mypy``: ``mypy --strict`` on the package and on ``tests/typecheck/api_usage.py``
+  (the public API as a user's code calls it).
+- ``typing-pyright``: pyright (strict, set in the file) on the same usage file, and
+  ``pyright --verifytypes``: every public name of the published package must have a
+  known type (100 % type completeness; the report lists each gap).
 """
 
 from __future__ import annotations
@@ -12,9 +22,11 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typing", "docs"]
+nox.options.sessions = ["tests", "lint", "typing-mypy", "typing-pyright", "docs"]
 
-LINT_PATHS = ("src", "tests", "benchmarks")
+LINT_PATHS = ("src", "tests", "benchmarks", "noxfile.py")
+#: The public API as a user's code calls it; every claim in it is checked by both checkers.
+API_USAGE = "tests/typecheck/api_usage.py"
 
 
 @nox.session
@@ -32,11 +44,38 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", *LINT_PATHS)
 
 
+def _mypy(session: nox.Session) -> None:
+    session.run("mypy", "--strict", "src/taskpool")
+    session.run("mypy", "--strict", "--warn-unused-ignores", API_USAGE)
+
+
+def _pyright(session: nox.Session) -> None:
+    session.run("pyright", "--version")
+    session.run("pyright", API_USAGE)
+    # Installed editable: verifytypes reads the package the session's Python imports.
+    session.run("pyright", "--verifytypes", "taskpool", "--ignoreexternal")
+
+
+@nox.session(name="typing-mypy", tags=["typing"])
+def typing_mypy(session: nox.Session) -> None:
+    """mypy --strict on the package and on the API usage file (an unused ignore fails it)."""
+    session.install("-e", ".[lint]")
+    _mypy(session)
+
+
+@nox.session(name="typing-pyright", tags=["typing"])
+def typing_pyright(session: nox.Session) -> None:
+    """pyright on the API usage file, and ``pyright --verifytypes taskpool``."""
+    session.install("-e", ".[lint]")
+    _pyright(session)
+
+
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """Both type checkers in one session (what ``typing-mypy`` and ``typing-pyright`` run)."""
     session.install("-e", ".[lint]")
-    session.run("mypy", "--strict", "src/taskpool")
+    _mypy(session)
+    _pyright(session)
 
 
 # Fails when a public name has no entry in the API reference page.

@@ -1,21 +1,23 @@
 """Functions the tests run as tasks.
 
 Every one is module-level so a process worker can import it by reference
-(``tests._funcs.NAME``). Tasks that must wait for the test use a :class:`tests._support.Gate`
+(``tests._funcs.NAME``). Tasks that must wait for the test use a :class:`taskpool.testing.Gate`
 by its socket path: a Unix socket works the same from the pool's loop (inline), a worker
-thread's loop (thread) and another interpreter (process). Side effects a test must observe
-across a process boundary are files (:func:`mark`).
+thread's loop (thread) and another interpreter (process). The gate's own task functions,
+``wait_gate`` and ``block_gate``, are taskpool's public ones (:mod:`taskpool.testing`),
+re-exported here. Side effects a test must observe across a process boundary are files
+(:func:`mark`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 from typing import Any
 
 import taskpool
+from taskpool.testing import _FAIL, _RELEASE, block_gate, wait_gate  # noqa: F401  # re-exported
 
 # --- plain results and errors ------------------------------------------------------------
 
@@ -92,41 +94,8 @@ async def publish_async(topic: str, data: Any) -> str:
 
 
 # --- gates: tasks that wait until the test lets them go -----------------------------------
-
-_RELEASE = b"x"
-_FAIL = b"!"
-
-
-async def wait_gate(path: str, tag: str, result: Any = None) -> Any:
-    """Arrive at the gate as ``tag``, wait (cancellably) until released; return ``result``.
-
-    Raises ``ValueError(tag)`` when the test releases it with ``fail=True``.
-    """
-    reader, writer = await asyncio.open_unix_connection(path)
-    try:
-        writer.write(tag.encode() + b"\n")
-        await writer.drain()
-        reply = await reader.read(1)
-    finally:
-        writer.close()
-    if reply == _FAIL:
-        raise ValueError(tag)
-    if reply != _RELEASE:
-        raise ConnectionError(f"gate closed before {tag!r} was released")
-    return tag if result is None else result
-
-
-def block_gate(path: str, tag: str, result: Any = None) -> Any:
-    """Like :func:`wait_gate`, but blocking: a plain function no one can interrupt."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(path)
-        s.sendall(tag.encode() + b"\n")
-        reply = s.recv(1)
-    if reply == _FAIL:
-        raise ValueError(tag)
-    if reply != _RELEASE:
-        raise ConnectionError(f"gate closed before {tag!r} was released")
-    return tag if result is None else result
+# wait_gate and block_gate are taskpool.testing's (imported above): a process worker imports
+# them from there. These build on them.
 
 
 def mark(path: str) -> None:

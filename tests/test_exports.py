@@ -119,3 +119,46 @@ def test_importing_taskpool_does_not_import_the_pool() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- taskpool.testing ----------------------------------------------------------------------
+
+TESTING = {"Gate", "wait_gate", "block_gate"}
+
+
+def test_taskpool_testing_surface_is_exactly_the_gate_and_its_task_functions() -> None:
+    import taskpool.testing
+
+    assert set(taskpool.testing.__all__) == TESTING
+    public = {
+        name
+        for name, value in vars(taskpool.testing).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", None) == "taskpool.testing"
+        and (callable(value) or isinstance(value, type))
+    }
+    assert public == TESTING  # no public helper left out of __all__
+    for name in TESTING:
+        obj = getattr(taskpool.testing, name)
+        assert obj.__module__ == "taskpool.testing"
+        doc = inspect.getdoc(obj)
+        assert doc and doc.strip()
+
+
+def test_gate_task_functions_travel_by_reference() -> None:
+    # A process worker imports them: they must pickle as taskpool.testing.NAME.
+    import taskpool.testing
+
+    for fn in (taskpool.testing.wait_gate, taskpool.testing.block_gate):
+        assert pickle.loads(pickle.dumps(fn)) is fn
+        assert b"taskpool.testing" in pickle.dumps(fn)
+
+
+def test_importing_taskpool_testing_does_not_import_the_pool() -> None:
+    # It is imported inside worker processes (by the gate's task functions): keep it light.
+    code = (
+        "import sys, taskpool.testing; "
+        "print(sorted(m for m in ('anyio', 'structlog', 'taskpool._pool', 'taskpool._core') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

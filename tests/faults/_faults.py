@@ -39,9 +39,11 @@ class FaultError(Exception):
 
 
 def _in_worker() -> bool:
-    import taskpool._child
+    """This runs in a worker process of the test run, not in the test process itself."""
+    from tests._funcs import PARENT_PID_ENV
 
-    return taskpool._child._worker is not None
+    parent = os.environ.get(PARENT_PID_ENV)  # set by the tests' conftest, inherited by workers
+    return parent is not None and parent != str(os.getpid())
 
 
 def _no_core_dump() -> None:
@@ -180,7 +182,7 @@ _held: list[socket.socket] = []
 
 
 def _arrive(path: str, tag: str) -> None:
-    """Arrive at a tests._support.Gate and stay connected (the gate sees a hang-up when the
+    """Arrive at a taskpool.testing.Gate and stay connected (the gate sees a hang-up when the
     process dies), without waiting for a release."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
@@ -265,6 +267,6 @@ async def chatter_at_gate(path: str, tag: str) -> str:
     such tasks holds its own worker)."""
     print(f"stdout line {tag}")
     print(f"stderr line {tag}", file=sys.stderr)
-    from tests._funcs import wait_gate
+    from taskpool.testing import wait_gate
 
-    return await wait_gate(path, tag)  # type: ignore[no-any-return]
+    return await wait_gate(path, tag)

@@ -36,7 +36,7 @@ from taskpool import (
 )
 
 from .. import _funcs as f
-from .._support import WAIT, Gate, collect, collect_until, settle
+from .._support import WAIT, Gate, collect, collect_until, process_worker, settle
 from . import _faults as x
 from ._poll import poll_until
 
@@ -284,8 +284,7 @@ async def test_frames_written_just_before_a_crash_are_read_before_it_is_reported
     exit is seen first (the channel is not read meanwhile): the Started and Publish frames
     still count, so the call is failed (not retried) and the event is not lost."""
     async with FunctionPool(1, worker="process") as pool:
-        worker = pool._sched.slots[0].worker
-        assert worker is not None
+        worker = process_worker(pool, 0)
         channel = worker._channel
         async with pool.events.subscribe("last.words", "worker.exited") as sub:
             channel.transport.pause_reading()

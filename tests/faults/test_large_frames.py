@@ -21,7 +21,7 @@ import pytest
 from taskpool import FunctionPool, RestartPolicy, TaskState, WorkerCrashed
 
 from .. import _funcs as f
-from .._support import WAIT, collect, collect_until, settle
+from .._support import WAIT, collect, collect_until, process_worker, settle
 from . import _faults as x
 from ._poll import poll_until
 
@@ -31,10 +31,9 @@ MiB = 1024 * 1024
 BIG = 64 * MiB
 
 
-def _channel(pool: FunctionPool, slot: int = 0) -> Any:
-    worker = pool._sched.slots[slot].worker
-    assert worker is not None and worker._channel is not None
-    return worker._channel
+def _channel(pool: FunctionPool, index: int = 0) -> Any:
+    """The channel (protocol and transport) of the pool's process worker ``index``."""
+    return process_worker(pool, index)._channel
 
 
 def _unsent(channel: Any) -> int:

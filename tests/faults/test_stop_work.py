@@ -20,7 +20,7 @@ import pytest
 from taskpool import FunctionPool, TaskCancelled, TaskState, TaskTimeout
 
 from .. import _funcs as f
-from .._support import WAIT, Gate, collect_until, settle
+from .._support import WAIT, Gate, collect_until, process_worker, settle
 from ._poll import gone, poll_until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -115,10 +115,9 @@ async def test_sync_call_cancelled_while_its_start_is_on_the_way_is_stopped() ->
     started it (its Started frame is in flight). A sync call cannot be interrupted: when
     the late Started arrives, the worker must be killed, not left blocked."""
     async with Gate() as gate, FunctionPool(1, worker="process") as pool:
-        worker = pool._sched.slots[0].worker
-        assert worker is not None
-        channel = worker._channel
-        pid = worker.pid
+        pid = pool.snapshot().workers[0].pid
+        assert pid is not None
+        channel = process_worker(pool, 0)._channel
         channel.transport.pause_reading()  # the pool will not see Started for now
         try:
             task = pool.add_task(f.block_gate, gate.path, "stuck")
