@@ -133,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from ._loop import new_event_loop
+    from ._options import MAX_WORKERS, check_count, check_grace
     from ._restart import RestartPolicy
     from ._serve import EXIT_BAD_TARGET, resolve_target, serve
 
@@ -140,11 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"taskpool serve: {message}", file=sys.stderr)
         return EXIT_BAD_TARGET
 
-    if args.instances < 1:
-        return fail(f"--instances must be >= 1, got {args.instances}")
-    if args.grace < 0:
-        return fail(f"--grace must be >= 0, got {args.grace}")
-    try:
+    try:  # every number through the same checks as the API's
+        check_count("--instances", args.instances, maximum=MAX_WORKERS)
+        check_grace("--grace", args.grace, optional=False)
         policy = RestartPolicy(
             mode=args.restart,
             delay=args.restart_delay,
@@ -152,7 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_delay=args.restart_max_delay,
             limit=args.restart_limit,
         )
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         return fail(str(exc))
     try:
         fn = resolve_target(args.target)

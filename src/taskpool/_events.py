@@ -3,7 +3,9 @@
 Publishing is synchronous and never waits: each subscription has a bounded buffer, and
 when a subscriber falls behind the oldest events are dropped and counted, so a slow
 dashboard can never slow the pool. With no subscriber for a topic, publishing costs one
-dictionary lookup and no event object is built (see :meth:`EventBus.wants`).
+dictionary lookup and no event object is built (see :meth:`EventBus.wants`). The bus
+holds its subscriptions weakly: one its subscriber dropped without closing it is gone
+with its last reference, and costs the pool nothing after that.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import collections
 import fnmatch
 import threading
 import time
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -36,7 +39,7 @@ class Subscription:
         dropped: how many events were dropped because the subscriber fell behind.
     """
 
-    __slots__ = ("_buffer", "_bus", "_closed", "_waiter", "dropped", "maxsize", "patterns")
+    __slots__ = ("__weakref__", "_buffer", "_bus", "_closed", "_waiter", "dropped", "maxsize", "patterns")
 
     def __init__(self, bus: EventBus, patterns: tuple[str, ...], maxsize: int) -> None:
         self._bus = bus
@@ -135,8 +138,9 @@ class EventBus:
     def __init__(self, *, default_maxsize: int = 10_000, source: str = "") -> None:
         if default_maxsize < 1:
             raise ValueError(f"default_maxsize must be >= 1, got {default_maxsize!r}")
-        self._subs: list[Subscription] = []
-        self._routes: dict[str, tuple[Subscription, ...]] = {}
+        # Weak: a subscription nobody holds any more drops out by itself (see _forget).
+        self._subs: list[weakref.ref[Subscription]] = []
+        self._routes: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._default_maxsize = default_maxsize
@@ -149,8 +153,8 @@ class EventBus:
 
     @property
     def subscriber_count(self) -> int:
-        """How many subscriptions are open."""
-        return len(self._subs)
+        """How many subscriptions are open (and still held by someone)."""
+        return sum(1 for r in self._subs if r() is not None)
 
     def subscribe(self, *patterns: str, maxsize: int | None = None) -> Subscription:
         """Subscribe to every topic matching one of ``patterns`` (globs; none means ``"*"``).
@@ -173,21 +177,32 @@ class EventBus:
             if self._closed:
                 sub._closed = True
                 return sub
-            self._subs.append(sub)
+            self._subs.append(weakref.ref(sub, self._forget))
             self._routes = {}
         return sub
 
+    def _forget(self, ref: weakref.ref[Subscription]) -> None:
+        # A subscription was garbage-collected without being closed.
+        with self._lock:
+            try:
+                self._subs.remove(ref)
+            except ValueError:
+                return
+            self._routes = {}
+
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
-            if sub in self._subs:
-                self._subs.remove(sub)
-                self._routes = {}
+            for ref in self._subs:
+                if ref() is sub:
+                    self._subs.remove(ref)
+                    self._routes = {}
+                    return
 
-    def _route(self, topic: str) -> tuple[Subscription, ...]:
+    def _route(self, topic: str) -> tuple[weakref.ref[Subscription], ...]:
         routes = self._routes
         subs = routes.get(topic)
         if subs is None:
-            subs = tuple(s for s in self._subs if s.matches(topic))
+            subs = tuple(r for r in self._subs if (s := r()) is not None and s.matches(topic))
             if len(routes) >= _CACHE_LIMIT:
                 routes.clear()
             routes[topic] = subs
@@ -205,8 +220,10 @@ class EventBus:
 
     def emit(self, event: Event) -> None:
         """Deliver a ready-made event to the matching subscribers without waiting."""
-        for sub in self._route(event.topic):
-            sub._push(event)
+        for ref in self._route(event.topic):
+            sub = ref()
+            if sub is not None:
+                sub._push(event)
 
     def publish(
         self,
@@ -233,10 +250,12 @@ class EventBus:
         """Close the bus: subscribers finish iterating after their buffered events."""
         with self._lock:
             self._closed = True
-            subs, self._subs, self._routes = self._subs, [], {}
-        for sub in subs:
-            sub._closed = True
-            sub._wake()
+            refs, self._subs, self._routes = self._subs, [], {}
+        for ref in refs:
+            sub = ref()
+            if sub is not None:
+                sub._closed = True
+                sub._wake()
 
     def __repr__(self) -> str:
         return f"<EventBus {self._source!r} subscribers={len(self._subs)}>"
