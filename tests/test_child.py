@@ -1,13 +1,16 @@
 """The real worker process, driven over its channel the way the pool drives it.
 
-Every test spawns ``taskpool._child`` with a socketpair, waits for ``Hello`` and talks
-frames. Waits are on messages and process exits, bounded by ``WAIT`` only as a failure
-guard; no test sleeps to synchronise.
+Every test spawns ``taskpool._child`` (its :class:`~taskpool._child.CallServer`) with a
+socketpair, waits for ``Hello`` and talks frames; the last section drives it through the
+pool's side, :class:`~taskpool._workers._process.ProcessWorker`, against a fake host.
+Waits are on messages and process exits, bounded by ``WAIT`` only as a failure guard; no
+test sleeps to synchronise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import operator
 import os
 import select
@@ -17,16 +20,20 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 
-from taskpool._child import child_command, child_env, child_publish, spawn_child
+import taskpool
+from taskpool._child import child_command, child_env, spawn_child
+from taskpool._context import current
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
+from taskpool._frames import FrameProtocol
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_LOAD,
@@ -36,7 +43,6 @@ from taskpool._wire import (
     Cancel,
     Error,
     FnRef,
-    FrameProtocol,
     FunctionTable,
     Hello,
     Publish,
@@ -50,6 +56,8 @@ from taskpool._wire import (
     parent_parser,
     rebuild_exception,
 )
+from taskpool._workers import CancelResult, Capabilities, WorkerExit, WorkerSpec
+from taskpool._workers._process import ProcessWorker
 
 WAIT = 30.0  # seconds: reached only when something is broken
 
@@ -87,11 +95,100 @@ def on_main_thread() -> bool:
 
 def publish_then_wait(path: str) -> str:
     """Publish, then block (the loop too) until the test releases the gate at ``path``."""
-    child_publish("ready", {"blocked": True})
+    taskpool.publish("ready", {"blocked": True})
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(path)
         s.recv(1)
     return "released"
+
+
+def wait_at_gate(path: str) -> str:
+    """Block (the loop too) until the test releases the gate at ``path``."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.recv(1)
+    return "released"
+
+
+def context_now() -> tuple[int | None, int | None] | None:
+    """``(task_id, worker_id)`` of the current task context, None outside a task."""
+    ctx = current.get()
+    return None if ctx is None else (ctx.task_id, ctx.worker_id)
+
+
+async def context_around_gate(path: str) -> list[Any]:
+    """The task context before and after waiting (async) at the gate at ``path``."""
+    before = context_now()
+    await wait_for_byte(path)
+    return [before, context_now()]
+
+
+def publish_from_threads() -> str:
+    """Publish from a plain thread (outside the task: nothing) and from one that runs in a
+    copy of the call's context (tagged with the call)."""
+    plain = threading.Thread(target=taskpool.publish, args=("plain", 1))
+    plain.start()
+    plain.join()
+    copied = threading.Thread(target=contextvars.copy_context().run, args=(taskpool.publish, "copied", 2))
+    copied.start()
+    copied.join()
+    return "ok"
+
+
+async def publish_via_to_thread() -> str:
+    await asyncio.to_thread(taskpool.publish, "to_thread", 3)
+    return "ok"
+
+
+class ReduceError(Exception):
+    """What :class:`RefusesToPickle` raises: picklable, so the parent rebuilds it."""
+
+
+class RefusesToPickle:
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise ReduceError("refused in __reduce__")
+
+
+class LockedError(Exception):
+    """Cannot be pickled at all (it holds a lock)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class RefusesWithUnpicklableError:
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise LockedError("refused, unpicklably")
+
+
+def give_refusing(unpicklable_error: bool = False) -> Any:
+    return RefusesWithUnpicklableError() if unpicklable_error else RefusesToPickle()
+
+
+#: Set in the test process only (a worker imports this module afresh): loading an
+#: :class:`ExitsWhenLoadedInParent` there raises SystemExit(3).
+_EXIT_WHEN_LOADED = False
+
+
+def _load_exiting(code: int) -> str:
+    if _EXIT_WHEN_LOADED:
+        raise SystemExit(code)
+    return "loaded"
+
+
+class ExitsWhenLoadedInParent:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_exiting, (3,))
+
+
+def give_exiting() -> ExitsWhenLoadedInParent:
+    return ExitsWhenLoadedInParent()
+
+
+def publish_exiting() -> str:
+    taskpool.publish("exiting", ExitsWhenLoadedInParent())
+    return "published"
 
 
 async def wait_for_byte(path: str) -> str:
@@ -119,6 +216,11 @@ class Gate:
 
         self._server = await asyncio.start_unix_server(on_connect, self.path)
         return self
+
+    async def arrived(self) -> None:
+        """The task connected: it is now waiting at the gate."""
+        assert self._conn is not None
+        await asyncio.wait_for(self._conn, WAIT)
 
     async def release(self) -> None:
         assert self._conn is not None
@@ -171,6 +273,15 @@ class Channel:
         self.log.append(msg)
         return msg
 
+    async def started(self) -> int:
+        """The id of the next message, which must be a ``Started``."""
+        msg = await self.next()
+        assert isinstance(msg, Started), msg
+        return msg.id
+
+    def started_ids(self) -> list[int]:
+        return [m.id for m in self.log if isinstance(m, Started)]
+
     async def answer(self, cid: int) -> Result | Error:
         """The final answer to ``cid``; what arrives before it stays in ``log``."""
         while True:
@@ -221,7 +332,8 @@ async def test_handshake_and_module_level_function(chan: Channel) -> None:
     assert chan.hello.python == ".".join(map(str, sys.version_info[:3]))
     cid = chan.call(operator.add, 1, 2)
     started = await chan.next()
-    assert started == Started(cid)
+    assert isinstance(started, Started)
+    assert started.id == cid
     assert await chan.value(cid) == 3
     assert await chan.run(operator.add, "a", "b") == "ab"  # second call: only the id travels
     assert await chan.run(triple, 14) == 42  # this module, imported in the worker
@@ -285,6 +397,22 @@ async def test_large_buffers_round_trip(chan: Channel) -> None:
     assert await chan.run(len, blob) == len(blob)
 
 
+@pytest.mark.asyncio
+@pytest.mark.uvloop
+async def test_started_and_answers_carry_the_workers_times(chan: Channel) -> None:
+    before = time.time()
+    cid = chan.call(time.sleep, 0.05)
+    started = await chan.next()
+    assert isinstance(started, Started)
+    result = await chan.answer(cid)
+    assert isinstance(result, Result)
+    failed = await chan.answer(chan.call(_raise_value_error, 1))
+    assert isinstance(failed, Error)
+    after = time.time()
+    assert before <= started.at <= result.at - 0.05 <= after  # the child's clock is ours
+    assert result.at <= failed.at <= after
+
+
 # --- failures --------------------------------------------------------------------------------
 
 
@@ -346,6 +474,40 @@ async def test_unsendable_result_is_a_serialization_error(chan: Channel) -> None
     assert isinstance(exc, SerializationError)
     assert "result" in str(exc)
     assert "lock" in str(exc)
+    assert isinstance(exc.__cause__, TypeError)  # what pickling the lock raised, rebuilt
+
+
+@pytest.mark.asyncio
+async def test_unsendable_result_has_the_original_exception_as_cause(chan: Channel) -> None:
+    with pytest.raises(SerializationError, match=r"RefusesToPickle\) cannot be sent back") as info:
+        await chan.run(give_refusing)
+    cause = info.value.__cause__
+    assert type(cause) is ReduceError
+    assert str(cause) == "refused in __reduce__"
+    assert isinstance(cause.__cause__, RemoteTraceback)
+    assert 'raise ReduceError("refused in __reduce__")' in cause.__cause__.traceback
+
+
+@pytest.mark.asyncio
+async def test_unsendable_result_whose_error_cannot_be_pickled_has_the_remote_traceback_as_cause(
+    chan: Channel,
+) -> None:
+    with pytest.raises(SerializationError, match="LockedError: refused, unpicklably") as info:
+        await chan.run(give_refusing, True)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert 'raise LockedError("refused, unpicklably")' in cause.traceback
+    assert await chan.run(operator.add, 1, 2) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_result_whose_loading_raises_system_exit_fails_that_call_only(
+    chan: Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "_EXIT_WHEN_LOADED", True)
+    with pytest.raises(SerializationError, match="cannot receive the result from the worker: SystemExit: 3"):
+        await chan.run(give_exiting)
+    assert await chan.run(operator.add, 1, 2) == 3
 
 
 @pytest.mark.asyncio
@@ -390,7 +552,7 @@ async def _forever() -> None:
 @pytest.mark.uvloop
 async def test_cancel_running_async_call(chan: Channel) -> None:
     cid = chan.call(_forever)
-    assert await chan.next() == Started(cid)
+    assert await chan.started() == cid
     chan.send(Cancel(cid))
     msg = await chan.answer(cid)
     assert isinstance(msg, Error)
@@ -403,16 +565,61 @@ async def test_cancel_running_async_call(chan: Channel) -> None:
 async def test_cancel_queued_call_answers_at_once(chan: Channel) -> None:
     running = chan.call(_forever)
     queued = chan.call(operator.add, 1, 2)
-    assert await chan.next() == Started(running)
+    assert await chan.started() == running
     chan.send(Cancel(queued))
     msg = await chan.answer(queued)
     assert isinstance(msg, Error)
     assert msg.kind == ERR_CANCELLED
     chan.send(Cancel(running))
     assert (await chan.answer(running)).kind == ERR_CANCELLED  # type: ignore[union-attr]
-    assert Started(queued) not in chan.log
+    assert queued not in chan.started_ids()
     chan.send(Cancel(999))  # unknown ids are ignored
     assert await chan.run(operator.add, 2, 3) == 5
+
+
+@pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])
+@pytest.mark.asyncio
+async def test_a_call_cancelled_while_a_sync_call_blocks_never_starts(child_loop: str, tmp_path: Path) -> None:
+    ch = await open_channel(loop=child_loop, stdout=subprocess.DEVNULL, stderr=None)
+    try:
+        async with Gate(tmp_path) as gate:
+            blocking = ch.call(wait_at_gate, gate.path)
+            queued = ch.call(operator.add, 1, 2)
+            later = ch.call(operator.add, 2, 3)
+            assert await ch.started() == blocking
+            await gate.arrived()  # the sync call blocks the child's loop now
+            ch.send(Cancel(queued))
+            ch.proto.flush()  # in the child's socket before the call returns
+            await gate.release()
+            assert await ch.value(blocking) == "released"
+            msg = await ch.answer(queued)
+            assert isinstance(msg, Error)
+            assert msg.kind == ERR_CANCELLED
+            assert await ch.value(later) == 5
+        assert ch.started_ids() == [blocking, later]
+    finally:
+        assert await ch.close() == 0
+
+
+@pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])
+@pytest.mark.asyncio
+async def test_shutdown_while_a_sync_call_blocks_starts_nothing_more(child_loop: str, tmp_path: Path) -> None:
+    ch = await open_channel(loop=child_loop, stdout=subprocess.DEVNULL, stderr=None)
+    async with Gate(tmp_path) as gate:
+        blocking = ch.call(wait_at_gate, gate.path)
+        queued = [ch.call(operator.add, i, 1) for i in range(3)]
+        assert await ch.started() == blocking
+        await gate.arrived()
+        ch.send(Shutdown())
+        ch.proto.flush()
+        await gate.release()
+        assert await ch.value(blocking) == "released"
+        for cid in queued:
+            msg = await ch.answer(cid)
+            assert isinstance(msg, Error)
+            assert (msg.kind, msg.message) == (ERR_CANCELLED, "the worker is shutting down")
+    assert await asyncio.wait_for(ch.proc.wait(), WAIT) == 0
+    assert ch.started_ids() == [blocking]
 
 
 @pytest.mark.asyncio
@@ -421,7 +628,7 @@ async def test_shutdown_finishes_the_running_call_then_exits(tmp_path: Path) -> 
     async with Gate(tmp_path) as gate:
         running = ch.call(wait_for_byte, gate.path)
         queued = ch.call(operator.add, 1, 2)
-        assert await ch.next() == Started(running)
+        assert await ch.started() == running
         ch.send(Shutdown())
         msg = await ch.answer(queued)  # dropped at once: Shutdown was seen
         assert isinstance(msg, Error)
@@ -435,7 +642,7 @@ async def test_shutdown_finishes_the_running_call_then_exits(tmp_path: Path) -> 
 async def test_closing_the_channel_makes_the_child_exit() -> None:
     ch = await open_channel(stdout=subprocess.DEVNULL, stderr=None)
     cid = ch.call(_forever)
-    assert await ch.next() == Started(cid)
+    assert await ch.started() == cid
     assert await ch.close() == 0
 
 
@@ -452,12 +659,12 @@ async def test_sigint_is_left_to_the_parent(chan: Channel) -> None:
 @pytest.mark.uvloop
 async def test_publish_is_tagged_with_the_call(chan: Channel) -> None:
     def sync_pub() -> str:
-        child_publish("progress", {"step": 1})
+        taskpool.publish("progress", {"step": 1})
         return "ok"
 
     async def async_pub() -> str:
         await asyncio.sleep(0)
-        child_publish("progress", (2, b"x"))
+        taskpool.publish("progress", (2, b"x"))
         return "ok"
 
     sync_id = chan.call(sync_pub)
@@ -473,10 +680,41 @@ async def test_publish_is_tagged_with_the_call(chan: Channel) -> None:
     assert order.index(("Publish", sync_id)) < order.index(("Result", sync_id))
 
     def bad_pub() -> None:
-        child_publish("x", threading.Lock())
+        taskpool.publish("x", threading.Lock())
 
     with pytest.raises(SerializationError, match="published on 'x'"):
         await chan.run(bad_pub)
+
+
+@pytest.mark.asyncio
+@pytest.mark.uvloop
+async def test_each_call_runs_in_a_task_context_of_its_own(tmp_path: Path) -> None:
+    ch = await open_channel(concurrency=2, stdout=subprocess.DEVNULL, stderr=None)
+    try:
+        async with Gate(tmp_path) as gate:
+            waiting = ch.call(context_around_gate, gate.path)
+            assert await ch.started() == waiting
+            await gate.arrived()
+            # Runs while the async call waits: its context is its own, not the waiting one's.
+            assert await ch.run(context_now) == (ch.next_id, None)
+            await gate.release()
+            assert await ch.value(waiting) == [(waiting, None), (waiting, None)]
+        assert await ch.run(context_now) == (ch.next_id, None)
+    finally:
+        assert await ch.close() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.uvloop
+async def test_publish_from_other_threads(chan: Channel) -> None:
+    sync_id = chan.call(publish_from_threads)
+    async_id = chan.call(publish_via_to_thread)
+    assert await chan.value(sync_id) == "ok"
+    assert await chan.value(async_id) == "ok"
+    assert await chan.run(operator.add, 1, 1) == 2  # anything queued to the loop is out by now
+    pubs = [(m.task_id, m.topic, load_payload(m.fmt, m.data, m.bufs)) for m in chan.log if isinstance(m, Publish)]
+    # A plain thread is outside the task: its publish does nothing.
+    assert pubs == [(sync_id, "copied", 2), (async_id, "to_thread", 3)]
 
 
 @pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])
@@ -486,7 +724,7 @@ async def test_started_and_publish_arrive_while_a_sync_call_blocks(child_loop: s
     try:
         async with Gate(tmp_path) as gate:
             cid = ch.call(publish_then_wait, gate.path)
-            assert await ch.next() == Started(cid)  # before user code blocked the loop
+            assert await ch.started() == cid  # before user code blocked the loop
             msg = await ch.next()
             assert isinstance(msg, Publish)
             assert (msg.task_id, msg.topic) == (cid, "ready")  # while the call still blocks
@@ -548,7 +786,8 @@ _INTERMEDIATE = textwrap.dedent(
     """
     import socket, subprocess, sys
     from taskpool._child import child_command, child_env
-    from taskpool._wire import Call, FnRef, Started, dump_args, encode_frame, parent_parser
+    from taskpool._frames import encode_frame
+    from taskpool._wire import Call, FnRef, Started, dump_args, parent_parser
 
     a, b = socket.socketpair()
     child = subprocess.Popen(child_command(b.fileno()), pass_fds=(b.fileno(),), env=child_env())
@@ -588,3 +827,191 @@ async def test_busy_child_dies_with_its_parent() -> None:
         assert readable == [pidfd], "the worker outlived its parent"
     finally:
         os.close(pidfd)
+
+
+# --- the pool's side: ProcessWorker against a fake host -----------------------------------------
+
+
+class FakeTask:
+    """What ProcessWorker uses of a Task: ``id``, ``fn``, ``args`` and ``done()``."""
+
+    def __init__(self, task_id: int, fn: Callable[..., Any], *args: Any) -> None:
+        self.id = task_id
+        self.fn = fn
+        self.args = args
+        self.cancelled = False
+
+    def done(self) -> bool:
+        return self.cancelled
+
+
+class FakeHost:
+    """Records what a worker reports, in order, as tuples in ``reports``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.reports: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self.log: list[tuple[str, str]] = []
+
+    def task_started(self, worker: Any, task: FakeTask, at: float) -> None:
+        self.reports.put_nowait(("started", task.id, at))
+
+    def task_finished(self, worker: Any, task: FakeTask, ok: bool, value: Any, at: float) -> None:
+        self.reports.put_nowait(("finished", task.id, ok, value, at))
+
+    def task_returned(self, worker: Any, task: FakeTask) -> None:
+        self.reports.put_nowait(("returned", task.id))
+
+    def batch_done(self) -> None:
+        pass
+
+    def worker_publish(self, worker: Any, topic: str, data: Any, task_id: int | None) -> None:
+        self.reports.put_nowait(("publish", task_id, topic, data))
+
+    def worker_log(self, worker: Any, stream: str, line: str) -> None:
+        self.log.append((stream, line))
+
+    async def next(self) -> tuple[Any, ...]:
+        return await asyncio.wait_for(self.reports.get(), WAIT)
+
+
+@pytest_asyncio.fixture
+async def worker() -> AsyncIterator[tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]]]:
+    host = FakeHost()
+    w = ProcessWorker(cast(Any, host), 0, WorkerSpec(pool_name="test"))
+    ready = host.loop.create_future()
+    run = asyncio.create_task(w.run(lambda: ready.set_result(None)))
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), WAIT)
+        yield w, host, run
+    finally:
+        if not run.done():
+            w.kill()
+        await asyncio.wait_for(run, WAIT)
+
+
+def _send(w: ProcessWorker, task: FakeTask) -> FakeTask:
+    w.send(cast(Any, task))
+    return task
+
+
+def test_process_worker_capabilities() -> None:
+    assert ProcessWorker.capabilities == Capabilities(
+        isolated=True,
+        window=8,
+        adaptive_window=True,
+        reclaims_unstarted=True,
+        has_pid=True,
+        reports_memory=True,
+    )
+    assert not hasattr(ProcessWorker, "window")
+    assert not hasattr(ProcessWorker, "adaptive_window")
+
+
+@pytest.mark.asyncio
+@pytest.mark.uvloop
+async def test_process_worker_reports_the_workers_times_and_stops_without_a_lingering_timer(
+    worker: tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]],
+) -> None:
+    w, host, run = worker
+    before = time.time()
+    _send(w, FakeTask(1, time.sleep, 0.05))
+    kind, tid, started_at = await host.next()
+    assert (kind, tid) == ("started", 1)
+    kind, tid, ok, value, finished_at = await host.next()
+    assert (kind, tid, ok, value) == ("finished", 1, True, None)
+    assert before <= started_at <= finished_at - 0.05 <= time.time()
+
+    _send(w, FakeTask(2, _raise_value_error, 7))
+    assert (await host.next())[:2] == ("started", 2)
+    kind, tid, ok, value, failed_at = await host.next()
+    assert (kind, tid, ok, type(value)) == ("finished", 2, False, ValueError)
+    assert finished_at <= failed_at <= time.time()
+
+    # Failed in the parent, never sent: stamped with the parent's clock.
+    before = time.time()
+    _send(w, FakeTask(3, operator.add, threading.Lock(), 1))
+    kind, tid, ok, value, at = await host.next()
+    assert (kind, tid, ok, type(value)) == ("finished", 3, False, SerializationError)
+    assert before <= at <= time.time()
+
+    w.stop()
+    overdue = w._stop_timer
+    assert overdue is not None
+    exit = await asyncio.wait_for(run, WAIT)
+    assert (exit.failed, exit.reason) == (False, "stopped")
+    assert overdue.cancelled()  # it would keep a closed pool's loop alive for seconds
+    assert w._stop_timer is None
+
+
+@pytest.mark.asyncio
+async def test_process_worker_turns_undecodable_results_and_data_into_errors(
+    worker: tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "_EXIT_WHEN_LOADED", True)
+    w, host, _ = worker
+    _send(w, FakeTask(1, give_exiting))
+    assert (await host.next())[:2] == ("started", 1)
+    kind, tid, ok, value, _ = await host.next()
+    assert (kind, tid, ok, type(value)) == ("finished", 1, False, SerializationError)
+    assert "SystemExit: 3" in str(value)
+
+    _send(w, FakeTask(2, publish_exiting))
+    assert (await host.next())[:2] == ("started", 2)
+    kind, tid, topic, data = await host.next()
+    assert (kind, tid, topic) == ("publish", 2, "exiting")
+    assert data.startswith("<undecodable: cannot receive the data published on 'exiting'")
+    assert "SystemExit: 3" in data
+    assert (await host.next())[:4] == ("finished", 2, True, "published")
+
+    _send(w, FakeTask(3, give_refusing))
+    assert (await host.next())[:2] == ("started", 3)
+    kind, tid, ok, value, _ = await host.next()
+    assert (kind, tid, ok, type(value), type(value.__cause__)) == (
+        "finished",
+        3,
+        False,
+        SerializationError,
+        ReduceError,
+    )
+
+
+@pytest.mark.parametrize("cancel", ["sync", "async"])
+@pytest.mark.asyncio
+async def test_process_worker_cancel_of_an_unstarted_call_means_it_never_runs(
+    worker: tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]], tmp_path: Path, cancel: str
+) -> None:
+    w, host, _ = worker
+    async with Gate(tmp_path) as gate:
+        _send(w, FakeTask(1, wait_at_gate if cancel == "sync" else wait_for_byte, gate.path))
+        queued = _send(w, FakeTask(2, operator.add, 1, 2))
+        _send(w, FakeTask(3, operator.add, 2, 3))
+        assert (await host.next())[:2] == ("started", 1)
+        await gate.arrived()
+        queued.cancelled = True  # what task.cancel() does before asking the worker
+        assert w.cancel(cast(Any, queued)) is CancelResult.STOPPING
+        w._channel.flush()  # type: ignore[union-attr]  # the Cancel is in the child's socket now
+        await gate.release()
+        reports = [await host.next() for _ in range(4)]
+    assert [r[:2] for r in reports if r[0] == "started"] == [("started", 3)]
+    finished = {r[1]: r for r in reports if r[0] == "finished"}
+    assert finished[1][2:4] == (True, "released")
+    assert finished[2][2] is False
+    assert isinstance(finished[2][3], TaskCancelled)
+    assert finished[3][2:4] == (True, 5)
+
+
+@pytest.mark.asyncio
+async def test_process_worker_abandon_kills_the_process(
+    worker: tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]], tmp_path: Path
+) -> None:
+    w, host, run = worker
+    async with Gate(tmp_path) as gate:
+        _send(w, FakeTask(1, wait_at_gate, gate.path))
+        assert (await host.next())[:2] == ("started", 1)
+        await gate.arrived()
+        w.abandon()
+        exit = await asyncio.wait_for(run, WAIT)
+    assert (exit.failed, exit.reason) == (False, "retired")
+    assert w._proc is not None
+    assert w._proc.returncode == -signal.SIGKILL

@@ -16,11 +16,14 @@ import threading
 import types
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskpool import _wire
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
+from taskpool._frames import LARGE, FrameParser, FrameProtocol, FrameWriter, WireError, encode_frame
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_RAISED,
@@ -28,15 +31,11 @@ from taskpool._wire import (
     FMT_PICKLE,
     FMT_TUPLE,
     FMT_VALUE,
-    LARGE,
     Call,
     Cancel,
     Error,
     FnRef,
     FnValue,
-    FrameParser,
-    FrameProtocol,
-    FrameWriter,
     FunctionTable,
     Hello,
     Publish,
@@ -44,15 +43,15 @@ from taskpool._wire import (
     Shutdown,
     Started,
     ToParent,
-    WireError,
     child_parser,
     define_function,
     dump_args,
     dump_payload,
     dump_value,
-    encode_frame,
+    is_async_callable,
     load_function,
     load_payload,
+    load_published,
     load_result,
     parent_parser,
     rebuild_exception,
@@ -111,6 +110,27 @@ class BadInit(Exception):
 
     def __init__(self, a: str, b: str) -> None:
         super().__init__(a)
+
+
+def _raise_on_load(exc: BaseException) -> None:
+    raise exc
+
+
+class RaisesWhenLoaded:
+    """Pickles fine; unpickling it raises ``exc`` (even a SystemExit)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_raise_on_load, (self.exc,))
+
+
+class ErrorRaisingWhenLoaded(Exception):
+    """An exception whose unpickling raises ``SystemExit(3)``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_raise_on_load, (SystemExit(3),))
 
 
 # --- payloads: msgpack fast path -----------------------------------------------------------
@@ -441,6 +461,27 @@ def test_unloadable_result_raises_serialization_error() -> None:
         load_result(msg)
 
 
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt(), ValueError("v")], ids=repr)
+def test_anything_raised_while_loading_a_result_becomes_a_serialization_error(raised: BaseException) -> None:
+    fmt, data, bufs = dump_value(RaisesWhenLoaded(raised))
+    (msg,) = parent_parser().feed(wire_bytes(Result(1, fmt, data, bufs)))
+    with pytest.raises(
+        SerializationError, match=f"cannot receive the result from the worker: {type(raised).__name__}"
+    ) as info:
+        load_result(msg)
+    assert info.value.__cause__ is not None
+    assert type(info.value.__cause__) is type(raised)
+
+
+def test_anything_raised_while_loading_published_data_becomes_a_serialization_error() -> None:
+    fmt, data, bufs = dump_value({"k": RaisesWhenLoaded(SystemExit(3))})
+    (msg,) = parent_parser().feed(wire_bytes(Publish(7, "progress", fmt, data, bufs)))
+    with pytest.raises(SerializationError, match="published on 'progress'.*SystemExit: 3"):
+        load_published(msg)
+    (ok,) = parent_parser().feed(wire_bytes(Publish(7, "progress", *dump_value([1, (2, 3)]))))
+    assert load_published(ok) == [1, (2, 3)]
+
+
 # --- exceptions --------------------------------------------------------------------------------
 
 
@@ -486,6 +527,52 @@ def test_base_exceptions_from_a_task_do_not_escape_as_themselves() -> None:
     assert exc.type_name == "SystemExit"
 
 
+def test_exception_whose_unpickling_raises_system_exit_becomes_task_failed() -> None:
+    exc = rebuild_exception(_error_for(ErrorRaisingWhenLoaded("e")))
+    assert isinstance(exc, TaskFailed)
+    assert exc.type_name == f"{__name__}.ErrorRaisingWhenLoaded"
+    assert isinstance(exc.__cause__, RemoteTraceback)
+
+
+def test_unsendable_result_carries_the_original_exception_as_cause() -> None:
+    original = CustomPicklingError("no way")
+    exc = rebuild_exception(_unsendable(original, pickle.dumps(original)))
+    assert isinstance(exc, SerializationError)
+    assert "cannot be sent back" in str(exc)
+    cause = exc.__cause__
+    assert type(cause) is CustomPicklingError
+    assert str(cause) == "no way"
+    assert isinstance(cause.__cause__, RemoteTraceback)
+    assert "in __reduce__" in cause.__cause__.traceback
+
+
+@pytest.mark.parametrize(
+    "pickled",
+    [None, b"\x80\x05not a pickle", pickle.dumps(ErrorRaisingWhenLoaded("e")), pickle.dumps("not an exception")],
+    ids=["none", "garbage", "system-exit", "not-an-exception"],
+)
+def test_unsendable_result_whose_original_cannot_be_rebuilt_has_the_remote_traceback_as_cause(
+    pickled: bytes | None,
+) -> None:
+    exc = rebuild_exception(_unsendable(CustomPicklingError("no way"), pickled))
+    assert isinstance(exc, SerializationError)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert "in __reduce__" in exc.__cause__.traceback
+
+
+class CustomPicklingError(Exception):
+    pass
+
+
+def _unsendable(original: BaseException, pickled: bytes | None) -> Error:
+    tb = (
+        'Traceback (most recent call last):\n  File "r.py", line 3, in __reduce__\n'
+        f"{type(original).__name__}: {original}\n"
+    )
+    message = f"the result (r.Thing) cannot be sent back from the worker: {type(original).__name__}: {original}"
+    return Error(1, ERR_UNSENDABLE, "taskpool._errors", "SerializationError", message, tb, pickled, 12.5)
+
+
 def test_error_kinds_map_to_taskpool_errors() -> None:
     unsendable = rebuild_exception(_error_for(SerializationError("the result (x) cannot be sent"), ERR_UNSENDABLE))
     assert isinstance(unsendable, SerializationError)
@@ -493,6 +580,47 @@ def test_error_kinds_map_to_taskpool_errors() -> None:
     cancelled = rebuild_exception(Error(1, ERR_CANCELLED, "asyncio.exceptions", "CancelledError", "cancelled", ""))
     assert isinstance(cancelled, TaskCancelled)
     assert cancelled.__cause__ is None
+
+
+# --- worker-side times ---------------------------------------------------------------------------
+
+
+def test_times_travel_as_the_last_field_and_default_to_zero_for_older_peers() -> None:
+    msgs = [
+        Started(1, 1700000000.25),
+        Result(1, *dump_value(5), at=1700000001.5),
+        Error(2, ERR_RAISED, "builtins", "ValueError", "bad", "tb", None, 1700000002.75),
+    ]
+    assert parent_parser().feed(wire_bytes(*msgs)) == msgs
+    # The same messages as an older peer encoded them, without ``at``.
+    legacy = [[21, 1], [22, 1, FMT_VALUE, 5, []], [23, 2, ERR_RAISED, "builtins", "ValueError", "bad", "tb", None]]
+    frames = b"".join(len(b).to_bytes(4, "little") + b for b in map(msgspec.msgpack.encode, legacy))
+    started, result, error = parent_parser().feed(frames)
+    assert started == Started(1)
+    assert started.at == 0.0
+    assert (result.id, load_result(result), result.at) == (1, 5, 0.0)
+    assert (error.id, error.message, error.at) == (2, "bad", 0.0)
+
+
+# --- helpers shared with the workers -------------------------------------------------------------
+
+
+async def _coro(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def test_is_async_callable_sees_through_partials() -> None:
+    assert is_async_callable(_coro)
+    assert is_async_callable(functools.partial(_coro, 1))
+    assert is_async_callable(functools.partial(functools.partial(_coro, 1), y=2))
+    assert not is_async_callable(module_level)
+    assert not is_async_callable(functools.partial(module_level, 1))
+    assert not is_async_callable(lambda: _coro(1))  # returns a coroutine, but is not one
+
+
+def test_the_frame_codec_is_still_reachable_through_wire() -> None:
+    assert _wire.FrameProtocol is FrameProtocol
+    assert _wire.WireError is WireError
 
 
 # --- frames and the parser ---------------------------------------------------------------------

@@ -24,12 +24,19 @@ Spawning (parent side; :func:`spawn_child` does all of it)::
   SIGINT is ignored: Ctrl-C goes to the whole process group, and the pool decides.
 - stdout and stderr are the parent's pipes, line-buffered.
 
-Serving: one event loop (uvloop when importable) runs a :class:`Worker` protocol on the
-socket. Calls queue in arrival order and run one at a time, each announced by
-``Started(id)`` and answered by ``Result``/``Error``. Sync functions run on the main
-thread, blocking the loop (outside the loop's "running" mark, so ``asyncio.run()`` works
-in them); coroutine functions run as tasks on the loop and can be cancelled
-(``Cancel``). Outgoing frames are batched into one write per loop iteration.
+Serving: one event loop (uvloop when importable) runs a :class:`CallServer` on the
+socket. Calls queue in arrival order and run ``concurrency`` at once (one by default),
+each announced by ``Started(id, at)`` and answered by ``Result``/``Error``. Sync functions
+run on the main thread, blocking the loop (outside the loop's "running" mark, so
+``asyncio.run()`` works in them); coroutine functions run as tasks on the loop and can be
+cancelled (``Cancel``). Each call runs with :data:`taskpool._context.current` set to a
+fresh :class:`~taskpool._context.TaskContext` whose ``task_id`` is the call's id, so
+``taskpool.publish`` in it is tagged with that id. Outgoing frames are batched into one
+write per loop iteration.
+
+A ``Cancel`` or ``Shutdown`` for a queued call wins over starting it: every frame that
+arrived is read before the next call starts, including frames that arrived while a sync
+call blocked the loop (one non-blocking ``poll`` of the socket tells).
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import contextvars
 import functools
 import inspect
 import io
@@ -45,18 +51,24 @@ import json
 import os
 import pickle
 import platform
+import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from asyncio import events
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 
+from taskpool._context import TaskContext, current
 from taskpool._errors import SerializationError
+from taskpool._frames import FrameProtocol, WireError
+from taskpool._functions import FnDef, load_function
+from taskpool._loop import loop_factory
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_LOAD,
@@ -66,31 +78,20 @@ from taskpool._wire import (
     Call,
     Cancel,
     Error,
-    FnDef,
-    FrameProtocol,
     Hello,
     Publish,
     Result,
     Started,
     ToChild,
-    WireError,
+    _type_name,
     child_parser,
     dump_payload,
     dump_value,
-    load_function,
+    is_async_callable,
     load_payload,
 )
 
-__all__ = [
-    "SYS_PATH_ENV",
-    "Worker",
-    "child_command",
-    "child_env",
-    "child_publish",
-    "current_call_id",
-    "main",
-    "spawn_child",
-]
+__all__ = ["SYS_PATH_ENV", "CallServer", "child_command", "child_env", "main", "spawn_child"]
 
 SYS_PATH_ENV = "TASKPOOL_SYS_PATH"
 # Runs as ``python -c``: installs the parent's sys.path before anything is imported.
@@ -100,9 +101,6 @@ _BOOTSTRAP = (
     "sys.path[:]=json.loads(p) if p else sys.path;"
     "from taskpool._child import main;main()"
 )
-
-_current_call: contextvars.ContextVar[int | None] = contextvars.ContextVar("taskpool_call", default=None)
-_worker: Worker | None = None
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -125,20 +123,9 @@ def child_command(
     if loop not in ("auto", "uvloop", "asyncio"):
         raise ValueError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {loop!r}")
     flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    return [
-        executable or sys.executable,
-        *flags,
-        "-c",
-        _BOOTSTRAP,
-        "--fd",
-        str(fd),
-        "--ppid",
-        str(os.getpid() if parent_pid is None else parent_pid),
-        "--loop",
-        loop,
-        "--concurrency",
-        str(concurrency),
-    ]
+    ppid = os.getpid() if parent_pid is None else parent_pid
+    options = ["--fd", str(fd), "--ppid", str(ppid), "--loop", loop, "--concurrency", str(concurrency)]
+    return [executable or sys.executable, *flags, "-c", _BOOTSTRAP, *options]
 
 
 def child_env(env: Mapping[str, str] | None = None, *, sys_path: Sequence[str] | None = None) -> dict[str, str]:
@@ -192,31 +179,6 @@ async def spawn_child(
     return proc, proto
 
 
-# --------------------------------------------------------------------------- in the task
-
-
-def current_call_id() -> int | None:
-    """The id of the call running in this context of the worker, else None."""
-    return _current_call.get()
-
-
-def child_publish(topic: str, data: Any = None) -> None:
-    """Send ``Publish(task_id, topic, data)`` to the pool, tagged with the current call.
-
-    Non-blocking; callable from sync code (written at once, even while a long sync call
-    keeps the loop busy) and async code on the worker's main thread, and from other
-    threads (queued to the loop). Raises SerializationError when ``data`` cannot be sent
-    TypeError when ``topic`` is not a ``str``, RuntimeError outside a worker process.
-    """
-    # Checked here: a frame the parent cannot decode would break the whole channel.
-    if type(topic) is not str:
-        raise TypeError(f"publish() topic must be str, got {type(topic).__name__}")
-    w = _worker
-    if w is None:
-        raise RuntimeError("child_publish() called outside a taskpool worker process")
-    w.publish(topic, data, _current_call.get())
-
-
 # --------------------------------------------------------------------------- the worker
 
 
@@ -240,7 +202,7 @@ class _FnSlot:
             assert self.define is not None
             try:
                 self.fn = load_function(self.define)
-                self.is_async = inspect.iscoroutinefunction(self.fn)
+                self.is_async = is_async_callable(self.fn)
                 self.define = None
                 return self.fn
             except BaseException as exc:
@@ -257,8 +219,12 @@ class _Job:
         self.slot = slot
 
 
-class Worker(FrameProtocol[ToChild]):
-    """The child's end of the channel: queues and runs calls, answers, publishes."""
+class CallServer(FrameProtocol[ToChild]):
+    """The child's end of the channel: queues calls, runs them, answers, publishes.
+
+    Runs at most ``concurrency`` calls at once (only coroutines can overlap: a sync call
+    blocks the loop until it returns). ``hello`` is sent as soon as the channel is up.
+    """
 
     def __init__(self, concurrency: int = 1, hello: Hello | None = None) -> None:
         super().__init__(child_parser())
@@ -268,28 +234,39 @@ class Worker(FrameProtocol[ToChild]):
         # call runs to its end inside _run, blocking the loop, so it never stays here.
         self.limit = concurrency
         self.running: dict[int, tuple[_Job, asyncio.Task[Any]]] = {}
-        self.current: _Job | None = None  # the sync call running now, if any
         self.fns: dict[int, _FnSlot] = {}
         self.in_sync = False  # a sync call is running: the loop is blocked
         self.stopping = False  # Shutdown received
         self.lost = False  # the channel is gone
         self._main_thread = threading.get_ident()
+        # _poll(0) is truthy when bytes wait unread in the socket (see _unread_probe).
+        self._poll: Callable[[int], object] = _nothing_unread
+        self._publish = self.publish  # one bound method for every call's TaskContext
+        self._offered = 0  # size of the last receive buffer handed to the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Queue ``Hello`` before anything received can run (a Shutdown already waiting
         in the socket would otherwise close the channel before the handshake)."""
         super().connection_made(transport)
+        self._poll = _unread_probe(transport)
         if self.hello is not None:
             self.send(self.hello)
 
     # -- receiving
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Hand the loop the parser's receive buffer (remembering its size)."""
+        buf = self.parser.get_buffer(sizehint)
+        self._offered = len(buf)
+        return buf
+
     def buffer_updated(self, nbytes: int) -> None:
         """Take in a whole batch of frames first (a Cancel right behind its Call counts),
         then run what is queued."""
         for msg in self.parser.buffer_updated(nbytes):
             self.message_received(msg)
         if self.queue and len(self.running) < self.limit:
-            self._pump()
+            # A read that filled the buffer may have left frames in the socket.
+            self._pump(check=nbytes >= self._offered)
 
     def message_received(self, msg: ToChild) -> None:
         """Queue calls; act on Cancel and Shutdown at once."""
@@ -350,16 +327,28 @@ class Worker(FrameProtocol[ToChild]):
             self.transport.close()  # writes what is buffered, then connection_lost
 
     # -- running
-    def _pump(self) -> None:
+    def _pump(self, check: bool = False) -> None:
+        """Start queued calls while fewer than ``limit`` run.
+
+        With ``check`` (frames may have arrived since the socket was last read), and
+        after every call that blocked the loop, first make sure no frame waits unread.
+        """
         while len(self.running) < self.limit and self.queue and not self.lost:
-            self._run(self.queue.popleft())
+            if check and self._poll(0):
+                # A Cancel or Shutdown for the next call may be waiting: read it first.
+                # The loop's read callback comes this iteration and pumps again; a pump
+                # scheduled with call_soon would run before it (asyncio and uvloop alike).
+                return
+            check = self._run(self.queue.popleft())
         if self.stopping and not self.running:
             self._close()
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: _Job) -> bool:
+        """Start ``job``; True when it ran to its end here, blocking the loop (a sync
+        call, or one that failed to load), False when it goes on as an asyncio task."""
         msg = job.msg
         cid = msg.id
-        self.send(Started(cid))
+        self.send(Started(cid, time.time()))
         slot = job.slot
         if slot.fn is None or msg.fmt == FMT_PICKLE:
             # Loading runs user code (an import, a __reduce__) that may kill the process:
@@ -369,18 +358,16 @@ class Worker(FrameProtocol[ToChild]):
             self.flush()
         try:
             fn = slot.resolve()
-            is_async = slot.is_async
             args = load_payload(msg.fmt, msg.data, msg.bufs)
         except BaseException as exc:
-            self._send_error(cid, ERR_LOAD, exc)
-            return
-        self.current = job
-        token = _current_call.set(cid)
+            self._send_error(cid, ERR_LOAD, exc, time.time())
+            return True
+        if not slot.is_async:
+            self.flush()  # Started must reach the parent before a long sync call blocks the loop
+        loop = self._loop
+        assert loop is not None
+        token = current.set(TaskContext(self._publish, None, None, cid))  # send, worker_id, owner, task_id
         try:
-            if not is_async:
-                # Started must reach the parent before a long sync call blocks the loop.
-                self.flush()
-            loop = self._loop
             self.in_sync = True
             # Not "inside" the loop while user code runs, so asyncio.run() works in it.
             events._set_running_loop(None)
@@ -390,85 +377,113 @@ class Worker(FrameProtocol[ToChild]):
                 events._set_running_loop(loop)
                 self.in_sync = False
             if inspect.isawaitable(res):
-                assert loop is not None
-                # Created under _current_call = cid: the task's context keeps it.
+                # The task and its done callback copy the context: they keep the call's.
                 task = loop.create_task(_await(res))
                 self.running[cid] = (job, task)
-                self.current = None
                 task.add_done_callback(functools.partial(self._task_done, cid))
-                return
+                return False
         except BaseException as exc:
-            self.current = None
-            self._send_error(cid, ERR_RAISED, exc)
-            return
+            self._send_error(cid, ERR_RAISED, exc, time.time())
+            return True
         finally:
-            _current_call.reset(token)
-        self.current = None
-        self._send_result(cid, res)
+            current.reset(token)
+        self._send_result(cid, res, time.time())
+        return True
 
     def _task_done(self, cid: int, task: asyncio.Task[Any]) -> None:
         if self.running.pop(cid, None) is None or self.lost:
             return
+        at = time.time()
         if task.cancelled():
             self._send_cancelled(cid)
         else:
             exc = task.exception()
             if exc is None:
-                self._send_result(cid, task.result())
+                self._send_result(cid, task.result(), at)
             else:
-                self._send_error(cid, ERR_RAISED, exc)
-        self._pump()
+                self._send_error(cid, ERR_RAISED, exc, at)
+        # Frames may have arrived since the loop last read (a task that never yielded
+        # ends in the iteration after the one that read its Call): check before starting.
+        self._pump(check=True)
 
     # -- answering
-    def _send_result(self, cid: int, value: Any) -> None:
+    def _send_result(self, cid: int, value: Any, at: float) -> None:
         try:
             fmt, data, bufs = dump_value(value)
-            self.send(Result(cid, fmt, data, bufs))
+            self.send(Result(cid, fmt, data, bufs, at))
         except BaseException as exc:
             err = SerializationError(
-                f"the result ({_type_name(value)}) cannot be sent back from the worker: {type(exc).__name__}: {exc}"
+                f"the result ({_type_name(value)}) cannot be sent back from the worker: {_describe(exc)}"
             )
-            self._send_error(cid, ERR_UNSENDABLE, err, cause=exc)
+            # The parent rebuilds ``exc`` as the SerializationError's __cause__.
+            self._send_error(cid, ERR_UNSENDABLE, err, at, cause=exc)
 
     def _send_cancelled(self, cid: int, why: str = "cancelled in the worker") -> None:
-        self.send(Error(cid, ERR_CANCELLED, "asyncio.exceptions", "CancelledError", why, ""))
+        self.send(Error(cid, ERR_CANCELLED, "asyncio.exceptions", "CancelledError", why, "", None, time.time()))
 
-    def _send_error(self, cid: int, kind: int, exc: BaseException, cause: BaseException | None = None) -> None:
+    def _send_error(
+        self, cid: int, kind: int, exc: BaseException, at: float, cause: BaseException | None = None
+    ) -> None:
+        """Answer ``cid`` with ``exc``; with ``cause`` (``ERR_UNSENDABLE``), the traceback
+        and pickle are the cause's (the exception the parent rebuilds as ``__cause__``)."""
         shown = cause if cause is not None else exc
         tb = _format_exception(shown)
         try:
             message = str(exc)
-        except Exception:
+        except BaseException:  # user code: whatever it raises must not lose the answer
             message = f"<unprintable {type(exc).__name__}>"
-        pickled = _pickle_exception(exc) if kind in (ERR_RAISED, ERR_LOAD) else None
+        pickled = _pickle_exception(shown) if kind != ERR_CANCELLED else None
         t = type(exc)
-        msg = Error(cid, kind, t.__module__, t.__qualname__, message, tb, pickled)
+        msg = Error(cid, kind, t.__module__, t.__qualname__, message, tb, pickled, at)
         try:
             self.send(msg)
         except SerializationError:  # e.g. a surrogate in the message: drop the pickle
-            self.send(Error(cid, kind, t.__module__, t.__qualname__, repr(message), repr(tb)))
+            self.send(Error(cid, kind, t.__module__, t.__qualname__, repr(message), repr(tb), None, at))
 
     # -- publishing
     def publish(self, topic: str, data: Any, task_id: int | None) -> None:
-        """See :func:`child_publish`."""
+        """Send ``Publish(task_id, topic, data)`` to the parent; never blocks.
+
+        Callable from the main thread (written at once even while a sync call blocks the
+        loop) and from any other thread (handed to the loop, sent once it runs; dropped
+        once the channel is gone). Raises SerializationError when ``data`` cannot be sent.
+        """
         fmt, payload, bufs = dump_payload(data, f"the data published on {topic!r}")
         msg = Publish(task_id, topic, fmt, payload, bufs)
         if threading.get_ident() != self._main_thread:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self.send, msg)
+            loop = self._loop
+            if loop is None or self.lost:
+                return
+            try:
+                loop.call_soon_threadsafe(self.send, msg)
+            except RuntimeError:  # the loop is closed: the worker is exiting
+                pass
             return
         self.send(msg)
         if self.in_sync:
             self.flush()  # the loop is blocked by the call: write now
 
 
+def _nothing_unread(timeout: int) -> bool:
+    return False
+
+
+def _unread_probe(transport: asyncio.BaseTransport) -> Callable[[int], object]:
+    """``probe(0)``: truthy when bytes wait unread on ``transport``'s socket (or its end:
+    EOF and errors count, the loop's read handles them). One non-blocking syscall."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return _nothing_unread
+    fd = sock.fileno()
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return poller.poll  # called straight: it is on the hot path
+    return lambda timeout: select.select([fd], [], [], timeout)[0]
+
+
 async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
-
-
-def _type_name(x: object) -> str:
-    t = type(x)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _format_exception(exc: BaseException) -> str:
@@ -478,18 +493,28 @@ def _format_exception(exc: BaseException) -> str:
         tb = tb.tb_next
     try:
         return "".join(traceback.format_exception(type(exc), exc, tb))
-    except Exception:
+    except BaseException:  # a __str__ raising anything
         return f"{type(exc).__name__} (traceback unavailable)\n"
 
 
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"``, even for an exception whose ``__str__`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:
+        return f"{type(exc).__name__}: <unprintable>"
+
+
 def _pickle_exception(exc: BaseException) -> bytes | None:
-    with contextlib.suppress(Exception):
+    """``exc`` pickled (cloudpickle when pickle refuses), or None. A ``__reduce__`` may
+    raise anything, even SystemExit: that only means "not picklable"."""
+    with contextlib.suppress(BaseException):
         return pickle.dumps(exc, 5)
     try:
         import cloudpickle  # only for exceptions pickle refuses
 
         return cloudpickle.dumps(exc, 5)  # type: ignore[no-any-return]
-    except Exception:
+    except BaseException:
         return None
 
 
@@ -510,26 +535,12 @@ def _die_with_parent(ppid: int) -> None:
         os._exit(1)  # the parent died before we could ask to die with it
 
 
-def _loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], bool]:
-    if kind != "asyncio":
-        try:
-            import uvloop  # optional
-
-            return uvloop.new_event_loop, True
-        except ImportError:
-            if kind == "uvloop":
-                raise
-    return asyncio.new_event_loop, False
-
-
 async def _serve(sock: socket.socket, uses_uvloop: bool, concurrency: int = 1) -> int:
-    global _worker
     loop = asyncio.get_running_loop()
-    worker = Worker(concurrency, Hello(os.getpid(), platform.python_version(), uses_uvloop))
-    _worker = worker
-    await loop.connect_accepted_socket(lambda: worker, sock)
-    assert worker.closed is not None
-    await worker.closed
+    server = CallServer(concurrency, Hello(os.getpid(), platform.python_version(), uses_uvloop))
+    await loop.connect_accepted_socket(lambda: server, sock)
+    assert server.closed is not None
+    await server.closed
     return 0
 
 
@@ -558,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
-    factory, uses_uvloop = _loop_factory(args.loop)
+    factory, uses_uvloop = loop_factory(args.loop)
     sock = socket.socket(fileno=args.fd)
     loop = factory()
     asyncio.set_event_loop(loop)

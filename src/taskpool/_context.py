@@ -1,9 +1,15 @@
-"""What code running inside a task can learn about where it runs, and ``publish``."""
+"""What code running inside a task can learn about where it runs, and ``publish``.
+
+Every worker kind runs a task with :data:`current` set to a :class:`TaskContext`. It is a
+context variable, so it follows the task into the coroutines it awaits, the asyncio tasks
+it creates and the threads it starts with a copy of its context (``asyncio.to_thread``);
+a thread started plainly (``threading.Thread``) starts with an empty context and is
+outside the task. :func:`publish` reads :data:`current` and nothing else.
+"""
 
 from __future__ import annotations
 
 import contextvars
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +17,16 @@ __all__ = ["TaskContext", "current", "publish"]
 
 
 class TaskContext:
-    """Where the current code runs: set once per worker, updated per task (cheap)."""
+    """Where the current code runs, and how it publishes.
+
+    Attributes:
+        send: ``send(topic, data, task_id)`` hands a published event to the pool; it must
+            not block and may be called from any thread.
+        worker_id: the worker's id in its pool (None where it is not known: in a process
+            worker the parent tags the event with it).
+        task_id: the running task's id (None between tasks).
+        owner: the pool, for inline tasks.
+    """
 
     __slots__ = ("owner", "send", "task_id", "worker_id")
 
@@ -20,13 +35,15 @@ class TaskContext:
         send: Callable[[str, Any, int | None], None],
         worker_id: int | None,
         owner: object = None,
+        task_id: int | None = None,
     ) -> None:
         self.send = send
         self.worker_id = worker_id
-        self.task_id: int | None = None
-        self.owner = owner  # the pool, for inline tasks
+        self.task_id = task_id
+        self.owner = owner
 
 
+#: The context of the task running here, or None outside any task.
 current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("taskpool_current", default=None)
 
 
@@ -34,8 +51,9 @@ def publish(topic: str, data: Any = None) -> None:
     """Publish an event on the bus of the pool running the current task.
 
     Works from plain and async code on every worker kind and never blocks; the event
-    is a ``UserEvent`` tagged with the task's and the worker's id. Outside a task it
-    does nothing and returns.
+    is a ``UserEvent`` tagged with the task's and the worker's id. Outside a task (no
+    :data:`current` context, e.g. in a thread the task started without copying its
+    context) it does nothing and returns.
 
     Raises:
         TypeError: ``topic`` is not a ``str``.
@@ -49,8 +67,3 @@ def publish(topic: str, data: Any = None) -> None:
     ctx = current.get()
     if ctx is not None:
         ctx.send(topic, data, ctx.task_id)
-        return
-    # In a process worker the child's channel carries it (tagged with the call's id).
-    child = sys.modules.get("taskpool._child")
-    if child is not None and child._worker is not None:
-        child.child_publish(topic, data)

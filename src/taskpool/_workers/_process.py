@@ -1,14 +1,15 @@
 """Process workers: each worker is a fresh interpreter serving calls over a socketpair.
 
-Parent side of the channel (the child side is :mod:`taskpool._child`, the frames and
-messages :mod:`taskpool._wire`)::
+Parent side of the channel (the child side is :mod:`taskpool._child`, the messages
+:mod:`taskpool._wire`, the frames :mod:`taskpool._frames`)::
 
     pool loop                                           worker process (own uvloop)
     ---------                                           --------------
     send(task): FunctionTable.prepare(fn), dump_args
        └─ Call(id, fn, args) ──► FrameProtocol ══ socketpair ══► queue ─► run fn(*args)
     _Channel.buffer_updated ◄── Started / Result / Error / Publish (batched frames)
-       └─ host.task_started / task_finished / worker_publish, then host.batch_done()
+       └─ host.task_started / task_finished (with the child's times) / worker_publish,
+          then host.batch_done()
     stdout / stderr pipes ──► lines ──► host.worker_log (structlog + worker.log events,
                                         and the worker's file under log_dir)
 
@@ -24,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -35,7 +36,9 @@ import anyio
 from .. import _wire
 from .._child import spawn_child
 from .._errors import SerializationError
-from ._base import CancelResult, Worker, WorkerExit, log_path
+from .._frames import FrameProtocol, WireError
+from .._functions import FunctionTable
+from ._base import CancelResult, Capabilities, Worker, WorkerExit, log_path
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -53,7 +56,7 @@ STOP_GRACE = 5.0
 DRAIN_TIMEOUT = 1.0
 
 
-class _Channel(_wire.FrameProtocol[_wire.ToParent]):
+class _Channel(FrameProtocol[_wire.ToParent]):
     """The parent's end of one worker's channel: dispatches messages to the worker."""
 
     def __init__(self, worker: ProcessWorker) -> None:
@@ -64,7 +67,7 @@ class _Channel(_wire.FrameProtocol[_wire.ToParent]):
         w = self.worker
         try:
             messages = self.parser.buffer_updated(nbytes)
-        except _wire.WireError as exc:
+        except WireError as exc:
             w._protocol_error(exc)
             return
         for msg in messages:
@@ -79,14 +82,20 @@ class ProcessWorker(Worker):
     kind = "process"
     # Calls pipelined per worker: 8 keeps a worker busy through the round trip (see
     # docs/benchmarks.md); work stealing (reclaim) keeps a long call from holding them.
-    window = 8
-    adaptive_window = True
+    capabilities = Capabilities(
+        isolated=True,
+        window=8,
+        adaptive_window=True,
+        reclaims_unstarted=True,
+        has_pid=True,
+        reports_memory=True,
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: _Channel | None = None
-        self._table = _wire.FunctionTable()
+        self._table = FunctionTable()
         self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
         self._returning: set[int] = set()  # cancelled only to be handed back unstarted
         self._running: set[int] = set()  # started, not yet answered
@@ -95,7 +104,9 @@ class ProcessWorker(Worker):
         self._retired = False
         self._killed = False  # we killed it: no call starts on it any more
         self._pid: int | None = None
-        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # call id -> its cancel deadline
+        self._stop_timer: asyncio.TimerHandle | None = None
+        self._ended = False  # run() returned: no timer may be started any more
         self._logfile: IO[str] | None = None
 
     @property
@@ -107,7 +118,11 @@ class ProcessWorker(Worker):
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         loop = self.host.loop
         self._hello = loop.create_future()
-        proc, channel = await spawn_child(functools.partial(_Channel, self), concurrency=self.spec.concurrency)
+        try:
+            proc, channel = await spawn_child(functools.partial(_Channel, self), concurrency=self.spec.concurrency)
+        except BaseException:
+            self._end_timers()
+            raise
         self._proc, self._channel = proc, channel
         self._pid = proc.pid
         if self._stopping:  # stop() came while we were spawning: it could not be sent then
@@ -154,14 +169,23 @@ class ProcessWorker(Worker):
                 await proc.wait()
             raise
         finally:
-            for h in self._timers.values():
-                h.cancel()
-            self._timers.clear()
+            self._end_timers()
             if channel.transport is not None:
                 channel.transport.close()
             if self._logfile is not None:
                 self._logfile.close()
                 self._logfile = None
+
+    def _end_timers(self) -> None:
+        """``run`` is ending: cancel every timer (each would keep a closed pool's loop
+        busy for seconds) and start none any more."""
+        self._ended = True
+        for h in self._timers.values():
+            h.cancel()
+        self._timers.clear()
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
 
     @staticmethod
     async def _drain(channel: _Channel) -> None:
@@ -226,27 +250,25 @@ class ProcessWorker(Worker):
             if task is None:
                 return
             self._answered(msg.id)
-            self.tasks_done += 1
             try:
                 value = _wire.load_result(msg)
             except SerializationError as exc:
-                host.task_finished(self, task, False, exc)
+                host.task_finished(self, task, False, exc, msg.at)
             else:
-                host.task_finished(self, task, True, value)
+                host.task_finished(self, task, True, value, msg.at)
         elif type(msg) is _wire.Started:
             task = self._calls.get(msg.id)
             # Once we killed the worker, what it starts is as good as unstarted: those
             # calls go back to the queue (the kill was decided before they began).
             if task is not None and not self._killed:
                 self._returning.discard(msg.id)  # it began before Shutdown: it runs here
-                self.current = task
                 self._running.add(msg.id)
-                if task.done() and not _is_async(task.fn):
+                if task.done() and not _wire.is_async_callable(task.fn):
                     # Cancelled while its start was on the way: our Cancel reaches the
                     # child only after the call, which nothing can interrupt. Stop it.
                     self._retire_now(f"call {msg.id} was cancelled as it started")
                     return
-                host.task_started(self, task)
+                host.task_started(self, task, msg.at)
         elif type(msg) is _wire.Error:
             task = self._calls.pop(msg.id, None)
             if task is None:
@@ -257,21 +279,18 @@ class ProcessWorker(Worker):
                 host.task_returned(self, task)
                 return
             self._returning.discard(msg.id)
-            self.tasks_done += 1
-            host.task_finished(self, task, False, _wire.rebuild_exception(msg))
+            host.task_finished(self, task, False, _wire.rebuild_exception(msg), msg.at)
         elif type(msg) is _wire.Publish:
             try:
-                data = _wire.load_payload(msg.fmt, msg.data, msg.bufs)
-            except Exception as exc:
-                data = f"<undecodable: {exc!r}>"
+                data = _wire.load_published(msg)
+            except SerializationError as exc:  # whatever unpickling raised, even SystemExit
+                data = f"<undecodable: {exc}>"
             host.worker_publish(self, msg.topic, data, msg.task_id)
         elif type(msg) is _wire.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(msg)
 
     def _answered(self, call_id: int) -> None:
         self._running.discard(call_id)
-        if self.current is not None and self.current.id == call_id:
-            self.current = None
         h = self._timers.pop(call_id, None)
         if h is not None:
             h.cancel()
@@ -295,27 +314,27 @@ class ProcessWorker(Worker):
             self.host.loop.call_soon(self._fail_unsent, task, exc)
             return
         if channel is None or channel.transport is None:
-            self.host.loop.call_soon(self._fail_unsent, task, _wire.WireError("worker channel closed"))
+            self.host.loop.call_soon(self._fail_unsent, task, WireError("worker channel closed"))
             return
         self._calls[task.id] = task
         channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop))
 
     def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
-        if isinstance(exc, _wire.WireError):
+        if isinstance(exc, WireError):
             self.host.task_returned(self, task)  # the worker is going away: requeue
         else:
-            self.host.task_finished(self, task, False, exc)
+            self.host.task_finished(self, task, False, exc, time.time())
         self.host.batch_done()
 
     def cancel(self, task: Task[Any]) -> CancelResult:
         if task.id not in self._calls:
             return CancelResult.STOPPING  # already answered, or never sent
         running = task.id in self._running
-        if running and not _is_async(task.fn):
+        if running and not _wire.is_async_callable(task.fn):
             # A running sync call cannot be interrupted: the worker must go.
             return CancelResult.UNSTOPPABLE
         self._write(_wire.Cancel(task.id))
-        if running:
+        if running and not self._ended:
             grace = CANCEL_GRACE if self.spec.cancel_grace is None else self.spec.cancel_grace
             self._timers[task.id] = self.host.loop.call_later(grace, self._cancel_overdue, task.id)
         return CancelResult.STOPPING
@@ -352,9 +371,11 @@ class ProcessWorker(Worker):
         # those we hand back to the pool unstarted (see _on_message).
         self._returning.update(cid for cid in self._calls if cid not in self._running)
         self._write(_wire.Shutdown())
-        self.host.loop.call_later(STOP_GRACE + CANCEL_GRACE, self._stop_overdue)
+        if self._stop_timer is None and not self._ended:
+            self._stop_timer = self.host.loop.call_later(STOP_GRACE + CANCEL_GRACE, self._stop_overdue)
 
     def _stop_overdue(self) -> None:
+        self._stop_timer = None
         proc = self._proc
         if proc is not None and proc.returncode is None and self._calls:
             return  # still finishing a call it was allowed to finish
@@ -401,9 +422,3 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 def _fn_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn)
