@@ -17,7 +17,7 @@ import taskpool
 INTENDED = {
     # pool, tasks and their data
     "FunctionPool", "Task", "TaskState", "TaskRecord", "StatusType", "PoolSnapshot", "WorkerSnapshot",
-    "RestartPolicy", "publish",
+    "PoolState", "WorkerState", "ServiceState", "RestartPolicy", "publish",
     # event bus
     "EventBus", "Subscription", "Event", "AnyEvent", "TaskEvent", "WorkerEvent", "WorkerLogEvent",
     "PoolEvent", "HookErrorEvent", "UserEvent", "ServiceEvent",

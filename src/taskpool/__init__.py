@@ -38,7 +38,9 @@ from ._types import (
     HookErrorEvent,
     PoolEvent,
     PoolSnapshot,
+    PoolState,
     ServiceEvent,
+    ServiceState,
     StatusType,
     TaskEvent,
     TaskRecord,
@@ -47,6 +49,7 @@ from ._types import (
     WorkerEvent,
     WorkerLogEvent,
     WorkerSnapshot,
+    WorkerState,
 )
 
 __version__ = "0.1.0"
@@ -62,12 +65,14 @@ __all__ = [
     "PoolClosed",
     "PoolEvent",
     "PoolSnapshot",
+    "PoolState",
     "QueueFull",
     "RemoteTraceback",
     "RestartPolicy",
     "SerializationError",
     "Service",
     "ServiceEvent",
+    "ServiceState",
     "StatusType",
     "Subscription",
     "Task",
@@ -83,6 +88,7 @@ __all__ = [
     "WorkerEvent",
     "WorkerLogEvent",
     "WorkerSnapshot",
+    "WorkerState",
     "import_persistent_worker",
     "publish",
 ]
