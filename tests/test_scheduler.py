@@ -35,9 +35,7 @@ class FakeOwner:
     def cancel_task(self, task: Task[Any], exc: BaseException) -> bool:
         raise AssertionError("the scheduler never cancels a task itself")
 
-    def run_callback(
-        self, kind: str, cb: Callable[..., Any], args: tuple[Any, ...], task: Task[Any] | None
-    ) -> None:
+    def run_callback(self, kind: str, cb: Callable[..., Any], args: tuple[Any, ...], task: Task[Any] | None) -> None:
         raise AssertionError("the scheduler never runs a callback")
 
 
@@ -97,7 +95,9 @@ def settle(sched: Scheduler, task: Task[Any], state: TaskState, *, at: float = 2
     return sched.settled(task, keep_in_round=keep)
 
 
-def report(sched: Scheduler, task: Task[Any], state: TaskState = SUCCEEDED, *, at: float = 2.0, keep: bool = True) -> bool:
+def report(
+    sched: Scheduler, task: Task[Any], state: TaskState = SUCCEEDED, *, at: float = 2.0, keep: bool = True
+) -> bool:
     """The worker reports ``task`` done (the core's task_finished): release, then settle."""
     task.finished_at = at
     assert sched.release(slot_of(task), task)
@@ -153,7 +153,7 @@ def check_invariants(sched: Scheduler) -> None:
     assert c["started"] >= sched.n_running
     assert sched.n_waiting == c["queued"] + c["active"] - sched.n_running
     assert sched.drained == (c["queued"] == 0 and c["active"] == 0)
-    assert sched.free == sum(s.window - len(s.inflight) for s in sched.slots if s.accepting)
+    assert sched.free == sum(max(0, s.window - len(s.inflight)) for s in sched.slots if s.accepting)
 
     queued = sched.queued_tasks()
     assert len(queued) == c["queued"]
@@ -217,7 +217,7 @@ def test_assignment_prefers_the_least_loaded_slot() -> None:
 def test_assignments_stamp_dispatched_at() -> None:
     sched = make(n_slots=1, window=1)
     a, b = add(sched, 2)
-    assert a.dispatched_at is None
+    assert (a.dispatched_at, b.dispatched_at) == (None, None)
     assert dispatch(sched, now=5.0) == [(sched.slots[0], a)]
     assert a.dispatched_at == 5.0
     assert a.record.dispatched_at == 5.0
@@ -259,7 +259,7 @@ def test_closed_slots_get_no_work_until_opened() -> None:
 def test_open_slot_records_when_the_worker_came_up() -> None:
     sched = make(n_slots=1, open_slots=False)
     slot = sched.slots[0]
-    assert slot.busy.up_since is None
+    assert (slot.busy.up_since, slot.state.value) == (None, "starting")
     sched.open_slot(slot, 12.5)
     assert slot.busy.up_since == 12.5
     assert slot.state.value == "idle"
@@ -497,8 +497,7 @@ def test_counts_follow_a_task_through_its_life() -> None:
     dispatch(sched)
     # Handed to a worker, not started: active (the worker holds it), still waiting.
     assert (sched.count("queued"), sched.count("active"), sched.count("started")) == (0, 1, 0)
-    assert (sched.n_waiting, sched.n_running) == (1, 0)
-    assert not sched.drained
+    assert (sched.n_waiting, sched.n_running, sched.drained) == (1, 0, False)
     check_invariants(sched)
     start(sched, t)
     assert (sched.count("queued"), sched.count("active"), sched.count("started")) == (0, 1, 1)
@@ -737,10 +736,6 @@ def test_a_shrunk_window_keeps_what_it_holds() -> None:
     check_invariants(sched)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: free sums window - len(inflight) per slot, so a shrunk window's negative share hides an idle slot",
-)
 def test_an_idle_slot_gets_work_while_another_s_window_is_shrunk() -> None:
     sched = make(n_slots=2, window=3, adaptive=True)
     fast, slow = sched.slots
@@ -760,9 +755,8 @@ def test_an_idle_slot_gets_work_while_another_s_window_is_shrunk() -> None:
     assert fast.inflight == []
     assert len(slow.inflight) == 2
     assert len(sched.queued_tasks()) == 2
-    assert sched.free == 0  # 1 (fast: idle) + (1 - 2) (slow: over its shrunk window)
-    # Expected: the idle slot gets the next queued task. Actual: nothing is handed out
-    # (and nothing can be stolen while tasks are queued) until slow reports one more.
+    # Room is counted per slot, never below zero: slow's over-full window hides nothing.
+    assert sched.free == 1
     assert [s for s, _ in dispatch(sched)] == [fast]
 
 
@@ -896,4 +890,3 @@ def test_books_balance_under_any_sequence(adaptive: bool, ops: list[tuple[str, i
     done = [t for t in live if t.done()]
     assert sched.count("completed") == len(done)
     assert sched.count("total") == len(live)
-

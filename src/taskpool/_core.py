@@ -326,8 +326,9 @@ class PoolCore(Lifecycle):
     # --- WorkerHost: what workers report -------------------------------------------------
 
     def task_started(self, worker: Worker, task: Task[Any], at: float) -> None:
-        if task._state is not _QUEUED:
-            return  # settled while its start was on the way
+        slot = task.slot
+        if task._state is not _QUEUED or slot is None or slot.worker is not worker:
+            return  # settled while its start was on the way, or a stale report
         self.sched.started(task, worker.id, at)
         if task.timeout is not None:
             # Counted from the start in the worker, not from when the report arrived.
@@ -349,11 +350,13 @@ class PoolCore(Lifecycle):
             )
 
     def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
+        slot = task.slot
+        if slot is not None and slot.worker is not worker:
+            return  # a stale report: the task was handed to another worker since
         state = task._state
         pending = state is _QUEUED or state is _RUNNING
         if pending:
             task.finished_at = at  # the worker's clock: the run time is the call's own
-        slot = task.slot
         if slot is not None:
             self.sched.release(slot, task)
             if task.started_at is not None:

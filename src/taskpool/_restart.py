@@ -67,7 +67,7 @@ class Backoff:
         self.policy = policy
         self.failures = 0  # consecutive
         self.attempt = 0  # restarts so far
-        self.started_at = 0.0
+        self.started_at: float | None = None  # when the current worker came up
         self.last_failures: list[str] = []
 
     def up(self, now: float) -> None:
@@ -82,9 +82,9 @@ class Backoff:
         """
         # Only a worker that came up and stayed up long enough resets the count; one that
         # died before its handshake (started_at already consumed) never does.
-        if self.started_at and now - self.started_at >= self.policy.reset_after:
+        if self.started_at is not None and now - self.started_at >= self.policy.reset_after:
             self.failures = 0
-        self.started_at = 0.0
+        self.started_at = None
         if failed:
             self.failures += 1
             self.last_failures = [*self.last_failures[-4:], reason]

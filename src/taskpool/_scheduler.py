@@ -174,13 +174,18 @@ class Slot:
         return self.busy.utilisation(now, running)
 
 
+def _room(slot: Slot) -> int:
+    """Tasks the slot can still take (a window shrunk under its load has none, never fewer)."""
+    return max(0, slot.window - len(slot.inflight))
+
+
 class Scheduler:
     """Counts, queue and slots of one pool."""
 
     def __init__(self, *, keep_records: int) -> None:
         self.queue: collections.deque[Task[Any]] = collections.deque()
         self.slots: list[Slot] = []
-        self.free = 0  # sum over accepting slots of window - len(inflight)
+        self.free = 0  # sum over accepting slots of _room(slot)
         self.n_total = 0
         self.n_queued = 0
         self.n_active = 0
@@ -249,7 +254,7 @@ class Scheduler:
         if not slot.accepting:
             slot.accepting = True
             slot.state = _BUSY if slot.inflight else _IDLE
-            self.free += slot.window - len(slot.inflight)
+            self.free += _room(slot)
             if now is not None:
                 slot.busy.up_since = now
 
@@ -257,7 +262,7 @@ class Scheduler:
         """Send no more work to the slot's current worker."""
         if slot.accepting:
             slot.accepting = False
-            self.free -= slot.window - len(slot.inflight)
+            self.free -= _room(slot)
 
     def observe(self, slot: Slot, duration: float) -> None:
         """Adapt an adaptive slot's window to how long its calls run (seconds)."""
@@ -266,9 +271,10 @@ class Scheduler:
         slot.busy_ewma = ewma = 0.7 * slot.busy_ewma + 0.3 * duration
         want = slot.max_window if ewma < LONG_CALL else slot.min_window
         if want != slot.window:
-            if slot.accepting:
-                self.free += want - slot.window
+            before = _room(slot)
             slot.window = want
+            if slot.accepting:
+                self.free += _room(slot) - before
 
     def release(self, slot: Slot, task: Task[Any], *, unstarted: bool = False) -> bool:
         """The slot's worker is done with ``task`` (reported back, or never will be).
@@ -281,8 +287,8 @@ class Scheduler:
         except ValueError:
             return False
         task.slot = None
-        if slot.accepting:
-            self.free += 1
+        if slot.accepting and len(slot.inflight) < slot.window:
+            self.free += 1  # a shrunk window may still be over-full: no room came back
         if unstarted and slot.budget is not None:
             slot.budget += 1
         elif task.started_at is not None and task.finished_at is not None:
@@ -344,7 +350,7 @@ class Scheduler:
                     if not n:
                         break
             if best is None:  # free count out of date: recompute, never spin
-                self.free = sum(s.window - len(s.inflight) for s in self.slots if s.accepting)
+                self.free = sum(_room(s) for s in self.slots if s.accepting)
                 return
             task = queue.popleft()
             if task._state is not _QUEUED or task._held:

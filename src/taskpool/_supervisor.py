@@ -84,9 +84,9 @@ def next_step(
     planned = exit.reason in PLANNED
     if stopping:
         return Stop()
-    if pool is not PoolState.RUNNING and not (planned and pool is PoolState.CLOSING):
+    if pool is not PoolState.RUNNING and not (pool is PoolState.CLOSING and (planned or queued)):
         # While closing drains, a retired or recycled worker is replaced (work may still
-        # be queued); a failed one is not.
+        # be queued), and so is a failed one while tasks wait: nothing else would run them.
         return Stop()
     if planned:
         return Replace(0.0, planned=True)

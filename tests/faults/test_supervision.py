@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from taskpool import FunctionPool, PoolBroken, RestartPolicy, WorkerCrashed
 
 from .. import _funcs as f
-from .._support import WAIT, settle
+from .._support import WAIT, Gate, settle
 from . import _faults as x
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -101,3 +102,26 @@ async def test_start_fails_promptly_when_workers_can_never_come_up(monkeypatch: 
     assert "no interpreter here" in str(info.value)
     assert attempts == 2 * 3  # three per worker, as the message says (not a private constant)
     await pool.aclose()
+
+
+async def gated_crash(path: str, tag: str) -> None:
+    """Wait at the gate, then end the worker process."""
+    await f.wait_gate(path, tag)
+    os._exit(3)
+
+
+async def test_a_worker_dying_while_the_pool_drains_is_replaced_for_the_queued_work() -> None:
+    pool = FunctionPool(1, worker="process", restart=RestartPolicy(delay=0.0))
+    await pool.start()
+    async with Gate() as gate:
+        doomed = pool.add_task(gated_crash, gate.path, "d")
+        await gate.arrived("d")
+        behind = pool.add_task(f.add, 2, 3)  # waits behind the call that kills its worker
+        closing = asyncio.ensure_future(pool.aclose())  # no grace: drain everything
+        while pool.state == "running":
+            await asyncio.sleep(0)  # aclose() has begun: the pool is closing
+        gate.release("d")
+        await asyncio.wait_for(closing, WAIT)
+    with pytest.raises(WorkerCrashed):
+        doomed.result()
+    assert behind.result() == 5  # ran on the replacement, while the pool was closing
