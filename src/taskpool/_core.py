@@ -358,10 +358,14 @@ class PoolCore(Lifecycle):
         if pending:
             task.finished_at = at  # the worker's clock: the run time is the call's own
         if slot is not None:
-            self.sched.release(slot, task)
-            if task.started_at is not None:
+            if task.started_at is None:
+                # It never ran (cancelled in the window, or refused before it began):
+                # its budget returns, and it counts for neither recycling nor the window.
+                self.sched.release(slot, task, unstarted=True)
+            else:
+                self.sched.release(slot, task)
                 self.sched.observe(slot, at - task.started_at)
-            self.sup.after_task(slot, worker)
+                self.sup.after_task(slot, worker)
         if pending:
             if ok:
                 self.settle(task, _SUCCEEDED, value, None)

@@ -260,6 +260,10 @@ class PersistentWorker(Generic[M]):
             worker_buses=(parent.events,) if parent is not None else (),
         )
         self._core.worker_listeners.append(self._worker_event)
+        if not self._core.capabilities.keeps_order:
+            raise ValueError(
+                f"worker={worker!r} does not run calls in the order they were made; a persistent worker needs that"
+            )
         # A kind sharing the pool's interpreter gets a private copy of the module.
         self._private = None if self._core.capabilities.isolated else PrivateModule(module_name)
         self._exports: dict[str, str] = {}

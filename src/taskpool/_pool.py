@@ -21,7 +21,7 @@ from . import _status
 from ._core import PoolCore
 from ._errors import QueueFull
 from ._map import map_tasks
-from ._options import PoolOptions, check_callable, check_count, check_grace, check_restart
+from ._options import PoolOptions, check_callable, check_count, check_grace, check_name, check_restart
 from ._persistent import PersistentWorker, PersistentWorkerStarter
 from ._restart import RestartPolicy
 from ._service import Service
@@ -85,8 +85,7 @@ class FunctionPool:
         name: str | None = None,
         concurrency: int = 1,
     ) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"name must be a non-empty str or None, got {name!r}")
+        check_name("name", name)
         options = PoolOptions.checked(
             pool_size=pool_size,
             worker=worker,
@@ -441,8 +440,8 @@ class FunctionPool:
             PoolClosed: the pool is closing or closed.
         """
         check_callable("keep_alive()", fn)
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"keep_alive() name must be a non-empty str, got {name!r}")
+        if check_name("keep_alive() name", name) is None:
+            raise ValueError("keep_alive() name must be a non-empty str, got None")
         core = self._core
         if any(isinstance(e, Service) and e.name == name for e in core.extras):
             raise ValueError(f"keep_alive() name {name!r} is already used by a service of this pool")

@@ -67,6 +67,7 @@ def worker_snapshots(core: PoolCore, now: float | None = None) -> list[WorkerSna
     """Each of the core's own workers, then those of the extras tied to it."""
     now = time.time() if now is None else now
     kind = core.options.worker
+    caps = core.capabilities
     own_name = core.name if core.role != "pool" else None
     out = []
     for slot in core.sched.slots:
@@ -76,7 +77,7 @@ def worker_snapshots(core: PoolCore, now: float | None = None) -> list[WorkerSna
             WorkerSnapshot(
                 id=slot.id,
                 kind=kind,
-                pid=w.pid if w is not None else None,
+                pid=w.pid if w is not None and caps.has_pid else None,
                 thread_name=w.thread_name if w is not None else None,
                 state=slot.state,
                 tasks_done=slot.tasks_done,
@@ -85,7 +86,7 @@ def worker_snapshots(core: PoolCore, now: float | None = None) -> list[WorkerSna
                 role=core.role,
                 name=own_name,
                 utilisation=round(slot.utilisation(now), 4),
-                node=w.node if w is not None else None,
+                node=w.node if w is not None and caps.remote else None,
             )
         )
     for extra in core.extras:
