@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import operator
 import os
 import select
@@ -45,6 +46,7 @@ from taskpool._wire import (
     FnRef,
     FunctionTable,
     Hello,
+    Loading,
     Publish,
     Result,
     Shutdown,
@@ -67,6 +69,10 @@ WAIT = 30.0  # seconds: reached only when something is broken
 
 class CustomError(Exception):
     pass
+
+
+class Color(enum.IntEnum):
+    RED = 1
 
 
 def triple(x: int) -> int:
@@ -186,6 +192,24 @@ def give_exiting() -> ExitsWhenLoadedInParent:
     return ExitsWhenLoadedInParent()
 
 
+class ExitsWhenUnpickled:
+    """An argument whose unpickling (in the worker) ends the process with exit code 7."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (7,))
+
+
+class FailsWhenUnpickled:
+    """An argument whose unpickling (in the worker) raises ``LookupError``."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_raise_lookup_error, ("cannot load me",))
+
+
+def _raise_lookup_error(message: str) -> None:
+    raise LookupError(message)
+
+
 def publish_exiting() -> str:
     taskpool.publish("exiting", ExitsWhenLoadedInParent())
     return "published"
@@ -274,8 +298,15 @@ class Channel:
         return msg
 
     async def started(self) -> int:
-        """The id of the next message, which must be a ``Started``."""
+        """The id of the next call to start: a ``Started`` must come next (after the call's
+        ``Loading`` when it had to load its function or arguments)."""
         msg = await self.next()
+        if isinstance(msg, Loading):
+            loading = msg
+            msg = await self.next()
+            assert isinstance(msg, Started), msg
+            assert msg.id == loading.id
+            assert loading.at <= msg.at
         assert isinstance(msg, Started), msg
         return msg.id
 
@@ -331,11 +362,16 @@ async def test_handshake_and_module_level_function(chan: Channel) -> None:
     assert chan.hello.pid == chan.proc.pid
     assert chan.hello.python == ".".join(map(str, sys.version_info[:3]))
     cid = chan.call(operator.add, 1, 2)
+    loading = await chan.next()  # the first call loads the function
+    assert isinstance(loading, Loading)
+    assert loading.id == cid
     started = await chan.next()
     assert isinstance(started, Started)
     assert started.id == cid
     assert await chan.value(cid) == 3
-    assert await chan.run(operator.add, "a", "b") == "ab"  # second call: only the id travels
+    again = chan.call(operator.add, "a", "b")  # second call: only the id travels
+    assert await chan.value(again) == "ab"
+    assert [type(m) for m in chan.log if getattr(m, "id", None) == again] == [Started, Result]  # nothing to load
     assert await chan.run(triple, 14) == 42  # this module, imported in the worker
 
 
@@ -402,15 +438,51 @@ async def test_large_buffers_round_trip(chan: Channel) -> None:
 async def test_started_and_answers_carry_the_workers_times(chan: Channel) -> None:
     before = time.time()
     cid = chan.call(time.sleep, 0.05)
-    started = await chan.next()
-    assert isinstance(started, Started)
+    assert await chan.started() == cid
+    (loading,) = [m for m in chan.log if isinstance(m, Loading)]
+    (started,) = [m for m in chan.log if isinstance(m, Started)]
     result = await chan.answer(cid)
     assert isinstance(result, Result)
     failed = await chan.answer(chan.call(_raise_value_error, 1))
     assert isinstance(failed, Error)
     after = time.time()
-    assert before <= started.at <= result.at - 0.05 <= after  # the child's clock is ours
+    assert before <= loading.at <= started.at <= result.at - 0.05 <= after  # the child's clock is ours
     assert result.at <= failed.at <= after
+
+
+@pytest.mark.asyncio
+async def test_loading_is_not_part_of_the_run_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "taskpool_slow_import.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('TASKPOOL_SLOW_IMPORT'):\n"
+        "    time.sleep(0.2)\n"
+        "def quick(x):\n"
+        "    return x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import taskpool_slow_import  # type: ignore[import-not-found]  # noqa: PLC0415 - made by this test
+
+    monkeypatch.setenv("TASKPOOL_SLOW_IMPORT", "1")  # slow in the worker only
+    ch = await open_channel(stdout=subprocess.DEVNULL, stderr=None)
+    try:
+        cid = ch.call(taskpool_slow_import.quick, 1)
+        assert await ch.value(cid) == 1
+        loading, started, result = ch.log
+        assert isinstance(loading, Loading)
+        assert isinstance(started, Started)
+        assert isinstance(result, Result)
+        assert started.at - loading.at >= 0.2  # the import
+        assert result.at - started.at < 0.1  # the call's own run time
+        # Unpickling arguments is the call's own work: no Loading for it.
+        pickled = ch.call(taskpool_slow_import.quick, {1: 2})
+        assert await ch.value(pickled) == {1: 2}
+        assert [type(m) for m in ch.log[3:]] == [Started, Result]
+        first = ch.call(operator.pos, Color.RED)  # a function not held yet, pickled arguments
+        assert await ch.value(first) == 1
+        assert [type(m) for m in ch.log[5:]] == [Loading, Started, Result]
+    finally:
+        assert await ch.close() == 0
+        sys.modules.pop("taskpool_slow_import", None)
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -1015,3 +1087,35 @@ async def test_process_worker_abandon_kills_the_process(
     assert (exit.failed, exit.reason) == (False, "retired")
     assert w._proc is not None
     assert w._proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.asyncio
+async def test_process_worker_reports_a_call_that_failed_to_load_as_begun_then_failed(
+    worker: tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]],
+) -> None:
+    w, host, _ = worker
+    before = time.time()
+    _send(w, FakeTask(1, operator.pos, FailsWhenUnpickled()))
+    kind, tid, started_at = await host.next()
+    assert (kind, tid) == ("started", 1)
+    kind, tid, ok, value, finished_at = await host.next()
+    assert (kind, tid, ok, type(value), str(value)) == ("finished", 1, False, LookupError, "cannot load me")
+    assert before <= started_at <= finished_at <= time.time()
+
+
+@pytest.mark.asyncio
+async def test_process_worker_fails_a_call_that_killed_it_while_loading(
+    worker: tuple[ProcessWorker, FakeHost, asyncio.Task[WorkerExit]],
+) -> None:
+    w, host, run = worker
+    before = time.time()
+    _send(w, FakeTask(1, operator.pos, ExitsWhenUnpickled()))
+    _send(w, FakeTask(2, operator.pos, 2))  # never began: the pool may requeue it
+    exit = await asyncio.wait_for(run, WAIT)
+    assert (exit.failed, exit.exitcode) == (True, 7)
+    # Reported as begun before run() returned, so the pool fails it as crashed instead of
+    # handing it to the next worker to die the same way.
+    kind, tid, at = await host.next()
+    assert (kind, tid) == ("started", 1)
+    assert before <= at <= time.time()
+    assert host.reports.empty()

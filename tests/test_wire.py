@@ -38,6 +38,7 @@ from taskpool._wire import (
     FnValue,
     FunctionTable,
     Hello,
+    Loading,
     Publish,
     Result,
     Shutdown,
@@ -465,6 +466,7 @@ def test_unloadable_result_raises_serialization_error() -> None:
 def test_anything_raised_while_loading_a_result_becomes_a_serialization_error(raised: BaseException) -> None:
     fmt, data, bufs = dump_value(RaisesWhenLoaded(raised))
     (msg,) = parent_parser().feed(wire_bytes(Result(1, fmt, data, bufs)))
+    assert isinstance(msg, Result)
     with pytest.raises(
         SerializationError, match=f"cannot receive the result from the worker: {type(raised).__name__}"
     ) as info:
@@ -476,9 +478,11 @@ def test_anything_raised_while_loading_a_result_becomes_a_serialization_error(ra
 def test_anything_raised_while_loading_published_data_becomes_a_serialization_error() -> None:
     fmt, data, bufs = dump_value({"k": RaisesWhenLoaded(SystemExit(3))})
     (msg,) = parent_parser().feed(wire_bytes(Publish(7, "progress", fmt, data, bufs)))
+    assert isinstance(msg, Publish)
     with pytest.raises(SerializationError, match="published on 'progress'.*SystemExit: 3"):
         load_published(msg)
     (ok,) = parent_parser().feed(wire_bytes(Publish(7, "progress", *dump_value([1, (2, 3)]))))
+    assert isinstance(ok, Publish)
     assert load_published(ok) == [1, (2, 3)]
 
 
@@ -587,6 +591,7 @@ def test_error_kinds_map_to_taskpool_errors() -> None:
 
 def test_times_travel_as_the_last_field_and_default_to_zero_for_older_peers() -> None:
     msgs = [
+        Loading(1, 1700000000.125),
         Started(1, 1700000000.25),
         Result(1, *dump_value(5), at=1700000001.5),
         Error(2, ERR_RAISED, "builtins", "ValueError", "bad", "tb", None, 1700000002.75),
@@ -596,6 +601,9 @@ def test_times_travel_as_the_last_field_and_default_to_zero_for_older_peers() ->
     legacy = [[21, 1], [22, 1, FMT_VALUE, 5, []], [23, 2, ERR_RAISED, "builtins", "ValueError", "bad", "tb", None]]
     frames = b"".join(len(b).to_bytes(4, "little") + b for b in map(msgspec.msgpack.encode, legacy))
     started, result, error = parent_parser().feed(frames)
+    assert isinstance(started, Started)
+    assert isinstance(result, Result)
+    assert isinstance(error, Error)
     assert started == Started(1)
     assert started.at == 0.0
     assert (result.id, load_result(result), result.at) == (1, 5, 0.0)
@@ -704,6 +712,8 @@ def test_parser_rejects_garbage_and_wrong_direction() -> None:
         child_parser().feed(b"\x03\x00\x00\x00abc")
     with pytest.raises(WireError):  # a child->parent message sent to the child
         child_parser().feed(wire_bytes(Started(1)))
+    with pytest.raises(WireError):
+        child_parser().feed(wire_bytes(Loading(1)))
     with pytest.raises(WireError):
         parent_parser().feed(wire_bytes(Cancel(1)))
 

@@ -26,17 +26,16 @@ Spawning (parent side; :func:`spawn_child` does all of it)::
 
 Serving: one event loop (uvloop when importable) runs a :class:`CallServer` on the
 socket. Calls queue in arrival order and run ``concurrency`` at once (one by default),
-each announced by ``Started(id, at)`` and answered by ``Result``/``Error``. Sync functions
-run on the main thread, blocking the loop (outside the loop's "running" mark, so
-``asyncio.run()`` works in them); coroutine functions run as tasks on the loop and can be
-cancelled (``Cancel``). Each call runs with :data:`taskpool._context.current` set to a
-fresh :class:`~taskpool._context.TaskContext` whose ``task_id`` is the call's id, so
+each announced by ``Started(id, at)`` (after ``Loading(id, at)`` when its function must
+be loaded first) and answered by ``Result``/``Error``. Sync functions run on the main
+thread, blocking the loop (outside the loop's "running" mark, so ``asyncio.run()`` works
+in them); coroutine functions run as tasks on the loop and can be cancelled (``Cancel``).
+Each call runs with :data:`taskpool._context.current` set to a fresh
+:class:`~taskpool._context.TaskContext` whose ``task_id`` is the call's id, so
 ``taskpool.publish`` in it is tagged with that id. Outgoing frames are batched into one
-write per loop iteration.
-
-A ``Cancel`` or ``Shutdown`` for a queued call wins over starting it: every frame that
-arrived is read before the next call starts, including frames that arrived while a sync
-call blocked the loop (one non-blocking ``poll`` of the socket tells).
+write per loop iteration. A ``Cancel`` or ``Shutdown`` for a queued call wins over
+starting it: a frame already in the socket is read before the next call starts, even
+one that arrived while a sync call blocked the loop (one non-blocking ``poll`` tells).
 """
 
 from __future__ import annotations
@@ -79,6 +78,7 @@ from taskpool._wire import (
     Cancel,
     Error,
     Hello,
+    Loading,
     Publish,
     Result,
     Started,
@@ -348,22 +348,28 @@ class CallServer(FrameProtocol[ToChild]):
         call, or one that failed to load), False when it goes on as an asyncio task."""
         msg = job.msg
         cid = msg.id
-        self.send(Started(cid, time.time()))
         slot = job.slot
-        if slot.fn is None or msg.fmt == FMT_PICKLE:
-            # Loading runs user code (an import, a __reduce__) that may kill the process:
-            # the parent must know the call had started, or it would requeue it on the
-            # next worker, which would die the same way. Plain msgpack arguments and a
-            # function already loaded run nothing: their Started goes with the next write.
+        # Loading the function or the arguments may run user code (an import, a
+        # __setstate__) that kills the process: the parent must know the call had begun
+        # first, or it would requeue it on the next worker, which would die the same way.
+        fn = slot.fn
+        if fn is None:
+            # The function's import is the worker's, not the call's run time: Loading.
+            self.send(Loading(cid, time.time()))
             self.flush()
+            try:
+                fn = slot.resolve()
+            except BaseException as exc:
+                self._send_error(cid, ERR_LOAD, exc, time.time())
+                return True
+        self.send(Started(cid, time.time()))
+        if msg.fmt == FMT_PICKLE or not slot.is_async:
+            self.flush()  # and Started must reach the parent before a sync call blocks the loop
         try:
-            fn = slot.resolve()
             args = load_payload(msg.fmt, msg.data, msg.bufs)
         except BaseException as exc:
             self._send_error(cid, ERR_LOAD, exc, time.time())
             return True
-        if not slot.is_async:
-            self.flush()  # Started must reach the parent before a long sync call blocks the loop
         loop = self._loop
         assert loop is not None
         token = current.set(TaskContext(self._publish, None, None, cid))  # send, worker_id, owner, task_id
@@ -472,14 +478,11 @@ def _unread_probe(transport: asyncio.BaseTransport) -> Callable[[int], object]:
     """``probe(0)``: truthy when bytes wait unread on ``transport``'s socket (or its end:
     EOF and errors count, the loop's read handles them). One non-blocking syscall."""
     sock = transport.get_extra_info("socket")
-    if sock is None:
+    if sock is None or not hasattr(select, "poll"):  # poll: every POSIX system we run on
         return _nothing_unread
-    fd = sock.fileno()
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return poller.poll  # called straight: it is on the hot path
-    return lambda timeout: select.select([fd], [], [], timeout)[0]
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return poller.poll  # called straight: it is on the hot path
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -19,6 +19,7 @@ to decode)::
       |  <------------- Hello(pid, python, uvloop) ---  |  handshake, once
       |  --- Call(id, fn, args [, define, drop]) ----->  |  queued, run in arrival order
       |  --- Call(id2, ...) -------------------------->  |  (the parent pipelines a window)
+      |  <-------------------------- Loading(id, at) ---  |  loading its function (first call)
       |  <-------------------------- Started(id, at) ---  |  when it begins
       |  <---------- Publish(task_id, topic, data) ---  |  taskpool.publish() in the task
       |  <--------- Result(id, value, at) | Error(id) ---  |  when it ends
@@ -26,9 +27,14 @@ to decode)::
       |  --- Shutdown() ------------------------------>  |  finish the running call, exit 0
       |  (socket closed) ----------------------------->  |  EOF: the child exits at once
 
-``at`` is the child's ``time.time()`` when the call began (``Started``) or ended
-(``Result``, ``Error``). New fields are only ever added last, with a default, so an
-array-encoded message from an older peer still decodes.
+``at`` is the child's ``time.time()`` when the worker began loading the call's function
+(``Loading``), when the call began (``Started``: its arguments are loaded next, then the
+function is called) and when it ended (``Result``, ``Error``): a call's run time leaves
+out the import of its function, a cost of the worker, not of the call. ``Loading`` comes
+only when the worker does not hold the function yet: loading runs user code (an import,
+an unpickling) that may kill the worker, and the call then counts as begun, so a worker
+that dies there fails it instead of passing it on to die again. New fields are only ever
+added last, with a default, so an array-encoded message from an older peer still decodes.
 
 Functions travel once per worker (:mod:`taskpool._functions`: by reference or by value);
 later calls carry only a small integer id. Plain arguments and results (None, bool, int,
@@ -69,6 +75,7 @@ __all__ = [
     "Cancel",
     "Error",
     "Hello",
+    "Loading",
     "Publish",
     "Result",
     "Shutdown",
@@ -164,7 +171,15 @@ class Hello(Message, tag=20):
 
 
 class Started(Message, tag=21):
-    """Call ``id`` began running in the worker, at ``at`` (the worker's ``time.time()``)."""
+    """Call ``id`` began at ``at`` (the worker's ``time.time()``), its function loaded."""
+
+    id: int
+    at: float = 0.0
+
+
+class Loading(Message, tag=25):
+    """Call ``id`` began at ``at`` by loading its function (an import or an unpickling:
+    user code); ``Started`` follows, or ``Error(kind=ERR_LOAD)`` when loading fails."""
 
     id: int
     at: float = 0.0
@@ -215,7 +230,7 @@ class Publish(Message, tag=24):
 
 
 ToChild: TypeAlias = Call | Cancel | Shutdown
-ToParent: TypeAlias = Hello | Started | Result | Error | Publish
+ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish
 
 
 def child_parser() -> FrameParser[ToChild]:

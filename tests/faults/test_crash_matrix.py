@@ -223,7 +223,9 @@ async def test_result_that_fails_to_pickle_in_the_worker() -> None:
     assert "result" in str(exc)
     assert "FaultOnPickle" in str(exc)
     assert "FaultError: injected fault while pickling" in str(exc)
-    assert isinstance(exc.__cause__, RemoteTraceback)  # the worker's side of the story
+    # The original exception, rebuilt, then the worker's side of the story.
+    assert isinstance(exc.__cause__, x.FaultError)
+    assert isinstance(exc.__cause__.__cause__, RemoteTraceback)
     assert_untouched(out)
 
 

@@ -7,7 +7,7 @@ Parent side of the channel (the child side is :mod:`taskpool._child`, the messag
     ---------                                           --------------
     send(task): FunctionTable.prepare(fn), dump_args
        └─ Call(id, fn, args) ──► FrameProtocol ══ socketpair ══► queue ─► run fn(*args)
-    _Channel.buffer_updated ◄── Started / Result / Error / Publish (batched frames)
+    _Channel.buffer_updated ◄── Loading / Started / Result / Error / Publish (batched frames)
        └─ host.task_started / task_finished (with the child's times) / worker_publish,
           then host.batch_done()
     stdout / stderr pipes ──► lines ──► host.worker_log (structlog + worker.log events,
@@ -98,7 +98,10 @@ class ProcessWorker(Worker):
         self._table = FunctionTable()
         self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
         self._returning: set[int] = set()  # cancelled only to be handed back unstarted
-        self._running: set[int] = set()  # started, not yet answered
+        self._running: set[int] = set()  # begun (loading or started), not yet answered
+        # Begun by loading its function (user code: it may kill the worker), not Started
+        # yet: id -> when loading began. Reported as started only if it ends before Started.
+        self._loading: dict[int, float] = {}
         self._hello: asyncio.Future[_wire.Hello] | None = None
         self._stopping = False
         self._retired = False
@@ -156,6 +159,7 @@ class ProcessWorker(Worker):
                 on_ready()
                 await proc.wait()
                 await self._drain(channel)
+                self._report_loading()
             return self._exit_info(proc.returncode)
         except TimeoutError:
             self.kill()
@@ -190,9 +194,9 @@ class ProcessWorker(Worker):
     @staticmethod
     async def _drain(channel: _Channel) -> None:
         # The process exit and the channel's last frames arrive by different routes, in
-        # no set order. Read to EOF first: a Started still in the socket decides whether
-        # the call it names crashed (WorkerCrashed) or never began (requeued), and a
-        # Result or Publish written just before dying is not lost.
+        # no set order. Read to EOF first: a Loading or Started still in the socket
+        # decides whether the call it names crashed (WorkerCrashed) or never began
+        # (requeued), and a Result or Publish written just before dying is not lost.
         closed = channel.closed
         if closed is not None and not closed.done():
             await asyncio.wait({closed}, timeout=DRAIN_TIMEOUT)
@@ -257,23 +261,24 @@ class ProcessWorker(Worker):
             else:
                 host.task_finished(self, task, True, value, msg.at)
         elif type(msg) is _wire.Started:
-            task = self._calls.get(msg.id)
-            # Once we killed the worker, what it starts is as good as unstarted: those
-            # calls go back to the queue (the kill was decided before they began).
-            if task is not None and not self._killed:
-                self._returning.discard(msg.id)  # it began before Shutdown: it runs here
-                self._running.add(msg.id)
-                if task.done() and not _wire.is_async_callable(task.fn):
-                    # Cancelled while its start was on the way: our Cancel reaches the
-                    # child only after the call, which nothing can interrupt. Stop it.
-                    self._retire_now(f"call {msg.id} was cancelled as it started")
-                    return
+            if msg.id in self._loading:
+                del self._loading[msg.id]  # it had begun already: it runs here
+                task = self._calls.get(msg.id)
+            else:
+                task = self._begin(msg.id)
+            if task is not None:
                 host.task_started(self, task, msg.at)
+        elif type(msg) is _wire.Loading:
+            if self._begin(msg.id) is not None:
+                self._loading[msg.id] = msg.at
         elif type(msg) is _wire.Error:
             task = self._calls.pop(msg.id, None)
             if task is None:
                 return
             self._answered(msg.id)
+            loading = self._loading.pop(msg.id, None)
+            if loading is not None:  # it failed to load: it began, and ended, there
+                host.task_started(self, task, loading)
             if msg.id in self._returning and msg.kind == _wire.ERR_CANCELLED:
                 self._returning.discard(msg.id)
                 host.task_returned(self, task)
@@ -288,6 +293,32 @@ class ProcessWorker(Worker):
             host.worker_publish(self, msg.topic, data, msg.task_id)
         elif type(msg) is _wire.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(msg)
+
+    def _begin(self, call_id: int) -> Task[Any] | None:
+        """Call ``call_id`` began in the worker (Loading, or Started without one): its
+        task, or None when it does not run here after all."""
+        task = self._calls.get(call_id)
+        # Once we killed the worker, what it starts is as good as unstarted: those calls
+        # go back to the queue (the kill was decided before they began).
+        if task is None or self._killed:
+            return None
+        self._returning.discard(call_id)  # it began before Shutdown: it runs here
+        self._running.add(call_id)
+        if task.done() and not _wire.is_async_callable(task.fn):
+            # Cancelled while its start was on the way: our Cancel reaches the child only
+            # after the call, which nothing can interrupt. Stop it.
+            self._retire_now(f"call {call_id} was cancelled as it started")
+            return None
+        return task
+
+    def _report_loading(self) -> None:
+        """The worker is gone: a call it died loading had begun (it fails as crashed,
+        rather than being handed to the next worker to die the same way)."""
+        for call_id, at in self._loading.items():
+            task = self._calls.get(call_id)
+            if task is not None:
+                self.host.task_started(self, task, at)
+        self._loading.clear()
 
     def _answered(self, call_id: int) -> None:
         self._running.discard(call_id)

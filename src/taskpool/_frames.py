@@ -1,0 +1,465 @@
+"""Frames: the byte-level codec of the channel between the pool and a process worker.
+
+One stream socket (a ``socket.socketpair()``, one end inherited by the child) carries
+*frames* in both directions. A frame is one msgspec **msgpack** message behind a 4-byte
+little-endian length, optionally followed by raw *segments* (out-of-band buffers) whose
+lengths the message itself lists in its ``bufs`` field::
+
+    frame     +-----------+---------------------------+-----------+-----------+
+              | u32 LE  n | msgpack message (n bytes) | segment 0 | segment 1 | ...
+              +-----------+---------------------------+-----------+-----------+
+    message   [tag, field, field, ..., bufs=[len0, len1, ...], ...]  (array_like Struct)
+
+This module knows frames, not what the messages mean (that is :mod:`taskpool._wire`):
+a message is any :class:`Message`; one whose class sets ``segmented`` has a ``bufs``
+field. :class:`FrameWriter` batches frames for one gathered write, sending segments of
+:data:`LARGE` bytes or more straight from the caller's memory; :class:`FrameParser`
+decodes frames in place from one receive buffer and reads large segments straight from
+the kernel into a ``bytearray`` of their own; :class:`FrameProtocol` is the asyncio
+protocol that does both over a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar, cast
+
+import msgspec
+
+from taskpool._errors import SerializationError
+
+__all__ = [
+    "HEADER",
+    "LARGE",
+    "MAX_FRAME",
+    "Buffer",
+    "FrameParser",
+    "FrameProtocol",
+    "FrameWriter",
+    "Message",
+    "WireError",
+    "encode_frame",
+]
+
+#: Buffers this large or larger travel out of band; smaller ones are copied in-band,
+#: where an extra segment would cost more than the copy.
+LARGE: Final = 64 * 1024
+#: The largest message a frame can hold (its length must fit the header).
+MAX_FRAME: Final = 2**32 - 1
+#: The frame header: the message's length, u32 little-endian.
+HEADER: Final = struct.Struct("<I")
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+class WireError(Exception):
+    """The byte stream broke the protocol (bad length, undecodable frame): the channel
+    cannot be trusted any more and should be closed."""
+
+
+class Message(msgspec.Struct, array_like=True, gc=False):
+    """Base of every message on the channel: encoded as ``[tag, field, ...]``.
+
+    ``gc=False``: messages never form reference cycles. A subclass that sets
+    ``segmented = True`` must have a ``bufs: list`` field: on the way out it holds the
+    buffers themselves, on the wire their lengths (the segments follow the frame), and
+    once parsed the received ``bytearray`` segments.
+    """
+
+    segmented: ClassVar[bool] = False
+
+
+M = TypeVar("M", bound=Message)
+
+
+class FrameWriter:
+    """Encodes messages into as few buffers as possible, ready for one gathered write.
+
+    Small frames are appended back to back into one ``bytearray`` (``encode_into``, no
+    intermediate ``bytes``); an out-of-band segment of :data:`LARGE` bytes or more is
+    kept as a view of the caller's memory and never copied.
+    """
+
+    __slots__ = ("_chunks", "_encoder", "_out", "_size")
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._out = bytearray()
+        self._chunks: list[Buffer] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        """Bytes waiting in :meth:`take`."""
+        return self._size + len(self._out)
+
+    def add(self, msg: Message) -> None:
+        """Append one frame. In a segmented message, ``msg.bufs`` holds the buffers
+        themselves (bytes-like objects); they go on the wire as their lengths plus
+        trailing segments. Raises SerializationError when the message cannot be encoded
+        (the writer is left unchanged)."""
+        out = self._out
+        start = len(out)
+        out += b"\0\0\0\0"
+        bufs: list[Any] | None = msg.bufs if msg.segmented else None  # type: ignore[attr-defined]
+        views: list[memoryview] = []
+        try:
+            if bufs:
+                views = [_flat(b) for b in bufs]
+                msg.bufs = [v.nbytes for v in views]  # type: ignore[attr-defined]
+                try:
+                    self._encoder.encode_into(msg, out, -1)
+                finally:
+                    msg.bufs = bufs  # type: ignore[attr-defined]
+            else:
+                self._encoder.encode_into(msg, out, -1)
+        except SerializationError:
+            del out[start:]
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            del out[start:]
+            raise SerializationError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+        n = len(out) - start - 4
+        if n > MAX_FRAME:
+            del out[start:]
+            raise SerializationError(f"a {type(msg).__name__} frame of {n} bytes is too large")
+        HEADER.pack_into(out, start, n)
+        for v in views:
+            if v.nbytes < LARGE:
+                out += v
+            else:
+                # Zero-copy: the segment goes to the transport as a view of the caller's
+                # buffer; the frame so far is closed off as its own chunk.
+                self._size += len(out) + v.nbytes
+                self._chunks.append(out)
+                self._chunks.append(v)
+                out = self._out = bytearray()
+
+    def take(self) -> list[Buffer]:
+        """Return every pending buffer, in order, and start afresh (the caller owns them:
+        they are never reused, so a transport may keep references)."""
+        chunks = self._chunks
+        if self._out:
+            chunks.append(self._out)
+            self._out = bytearray()
+        self._chunks = []
+        self._size = 0
+        return chunks
+
+
+def _flat(b: Any) -> memoryview:
+    """A 1-D unsigned-byte view of any C-contiguous buffer (raises TypeError else)."""
+    v = b if type(b) is memoryview else memoryview(b)
+    if v.ndim != 1 or v.format != "B":
+        if not v.c_contiguous:
+            raise SerializationError("cannot send a non-contiguous buffer out of band")
+        v = v.cast("B")
+    return v
+
+
+def encode_frame(msg: Message) -> list[Buffer]:
+    """Encode one message as the list of buffers of its frame (convenience for tests
+    and one-off writes; batch with a :class:`FrameWriter` in hot paths)."""
+    w = FrameWriter()
+    w.add(msg)
+    return w.take()
+
+
+class FrameParser(Generic[M]):
+    """Incremental frame parser: bytes in, decoded messages out.
+
+    Usable from ``Protocol.data_received`` (:meth:`feed`) or, without the intermediate
+    ``bytes`` objects, from an ``asyncio.BufferedProtocol`` (:meth:`get_buffer` /
+    :meth:`buffer_updated`). Frames are decoded in place from one receive buffer, so many
+    frames per chunk cost no copies and a frame split over many chunks is never rescanned.
+    Segments get a ``bytearray`` of their own, read straight from the socket when large.
+    A segmented message is returned once all its segments arrived, with ``msg.bufs``
+    replaced by those ``bytearray`` objects.
+
+    Raises :class:`WireError` on a malformed stream.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_bufsize",
+        "_decoder",
+        "_direct",
+        "_end",
+        "_fill",
+        "_msg",
+        "_need",
+        "_seg",
+        "_segs",
+        "_sizes",
+        "_start",
+    )
+
+    _MIN_FREE: Final = 16 * 1024
+
+    def __init__(self, decoder: msgspec.msgpack.Decoder[M], *, bufsize: int = 256 * 1024) -> None:
+        self._decoder = decoder
+        self._bufsize = bufsize
+        self._buf = bytearray(bufsize)
+        self._start = 0
+        self._end = 0
+        self._need = 0  # full length of the frame being assembled at _start (0: unknown)
+        self._msg: Any = None  # message waiting for its segments
+        self._sizes: list[int] = []
+        self._segs: list[bytearray] = []
+        self._seg: bytearray | None = None
+        self._fill = 0
+        self._direct = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet returned as messages."""
+        return self._end - self._start + (self._fill if self._seg is not None else 0)
+
+    def feed(self, data: Buffer) -> list[M]:
+        """Consume a chunk of the stream; return the messages it completed."""
+        out: list[M] = []
+        with memoryview(data) as mv:
+            pos, n = 0, mv.nbytes
+            while pos < n:
+                dst = self.get_buffer(n - pos)
+                k = min(len(dst), n - pos)
+                dst[:k] = mv[pos : pos + k]
+                dst.release()
+                pos += k
+                out.extend(self.buffer_updated(k))
+        return out
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the next bytes of the stream should be written (``BufferedProtocol``)."""
+        seg = self._seg
+        if seg is not None and len(seg) - self._fill >= LARGE:
+            # The receive buffer is empty whenever a segment is open (see _parse): let
+            # the kernel write into the segment directly.
+            self._direct = True
+            return memoryview(seg)[self._fill :]
+        self._direct = False
+        buf, start, end = self._buf, self._start, self._end
+        pending = end - start
+        if pending == 0 and start:
+            self._start = self._end = start = end = 0
+            if len(buf) > self._bufsize and not self._need:
+                buf = self._buf = bytearray(self._bufsize)  # a huge frame passed: shrink
+        required = max(self._need, pending + self._MIN_FREE)
+        if len(buf) - start < required:
+            if len(buf) >= required:
+                buf[:pending] = buf[start:end]  # compact: only a partial frame moves
+            else:
+                new = bytearray(max(required, self._bufsize))
+                new[:pending] = buf[start:end]
+                self._buf = buf = new
+            self._start, self._end = 0, pending
+            end = pending
+        return memoryview(buf)[end:]
+
+    def buffer_updated(self, nbytes: int) -> list[M]:
+        """``nbytes`` were written into the last :meth:`get_buffer`; return new messages."""
+        if self._direct:
+            self._direct = False
+            self._fill += nbytes
+            out: list[M] = []
+            if self._seg is not None and self._fill == len(self._seg):
+                self._next_segment(out)
+            return out
+        self._end += nbytes
+        return self._parse()
+
+    def _parse(self) -> list[M]:
+        out: list[M] = []
+        buf, start, end = self._buf, self._start, self._end
+        decode = self._decoder.decode
+        unpack = HEADER.unpack_from
+        with memoryview(buf) as mv:
+            while True:
+                seg = self._seg
+                if seg is not None:
+                    take = min(end - start, len(seg) - self._fill)
+                    if take:
+                        seg[self._fill : self._fill + take] = mv[start : start + take]
+                        self._fill += take
+                        start += take
+                    if self._fill < len(seg):
+                        self._need = 0
+                        break  # everything received went into the segment
+                    self._next_segment(out)
+                    continue
+                avail = end - start
+                if avail < 4:
+                    self._need = 0
+                    break
+                (n,) = unpack(buf, start)
+                if avail - 4 < n:
+                    self._need = 4 + n
+                    break
+                try:
+                    msg = decode(mv[start + 4 : start + 4 + n])
+                except msgspec.MsgspecError as exc:
+                    raise WireError(f"undecodable frame ({n} bytes): {exc}") from exc
+                start += 4 + n
+                if msg.segmented and msg.bufs:  # type: ignore[attr-defined]
+                    self._open_segments(msg)
+                else:
+                    out.append(msg)
+        self._start = start
+        return out
+
+    def _open_segments(self, msg: Any) -> None:
+        sizes = msg.bufs
+        if not all(type(s) is int and 0 <= s < 2**48 for s in sizes):
+            raise WireError(f"bad segment lengths in {type(msg).__name__}: {sizes!r}")
+        self._msg, self._sizes, self._segs = msg, sizes, []
+        self._seg, self._fill = bytearray(sizes[0]), 0
+
+    def _next_segment(self, out: list[M]) -> None:
+        assert self._seg is not None
+        self._segs.append(self._seg)
+        i = len(self._segs)
+        if i < len(self._sizes):
+            self._seg, self._fill = bytearray(self._sizes[i]), 0
+            if self._sizes[i] == 0:
+                self._next_segment(out)
+            return
+        msg = self._msg
+        msg.bufs = self._segs
+        self._msg, self._seg, self._segs, self._sizes, self._fill = None, None, [], [], 0
+        out.append(msg)
+
+
+class FrameProtocol(asyncio.BufferedProtocol, Generic[M]):
+    """An asyncio protocol speaking frames, for either end of the channel.
+
+    Incoming frames are parsed in place (``BufferedProtocol``: the kernel writes into
+    the parser's buffer) and handed to :meth:`message_received` one by one, with no
+    awaits. :meth:`send` queues a frame and flushes once at the end of the current loop
+    iteration, so a burst of messages becomes one gathered write. ``closed`` resolves
+    (with the connection's exception or None) when the connection is lost.
+
+    Subclass and override :meth:`message_received`, or pass ``on_message``.
+    """
+
+    _SLICE: ClassVar[int] = 256 * 1024
+
+    def __init__(
+        self,
+        parser: FrameParser[M],
+        on_message: Callable[[M], None] | None = None,
+    ) -> None:
+        self.parser = parser
+        self.writer = FrameWriter()
+        self.transport: asyncio.Transport | None = None
+        self.on_message = on_message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._gather = False
+        self._paused = False
+        self._backlog: collections.deque[memoryview] = collections.deque()
+        self.closed: asyncio.Future[BaseException | None] | None = None
+
+    # -- receiving
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the transport; start serving."""
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        # Gathered writes (sendmsg/writev) only where writelines does not concatenate.
+        self._gather = sys.version_info >= (3, 12) or type(transport).__module__.startswith("uvloop")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Hand the loop the parser's receive buffer."""
+        return self.parser.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Parse what arrived and dispatch each complete message."""
+        for msg in self.parser.buffer_updated(nbytes):
+            self.message_received(msg)
+
+    def message_received(self, msg: M) -> None:
+        """Called for every incoming message, in order. Default: ``on_message(msg)``."""
+        if self.on_message is not None:
+            self.on_message(msg)
+
+    def eof_received(self) -> bool:
+        """The peer closed its end: close ours too (returning False)."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop pending output; resolve ``closed``."""
+        self.transport = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.writer.take()
+        self._backlog.clear()
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(exc)
+
+    # -- sending
+    def send(self, msg: Message) -> None:
+        """Queue one frame; it is written at the end of this loop iteration. Raises
+        SerializationError when the message cannot be encoded."""
+        self.writer.add(msg)
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every queued frame now, in one gathered write where the loop allows."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        chunks = self.writer.take()
+        t = self.transport
+        if not chunks or t is None or t.is_closing():
+            return
+        if self._gather:
+            # uvloop / 3.12+: writev of the chunks themselves, kept by reference.
+            if len(chunks) == 1:
+                t.write(chunks[0])
+            else:
+                t.writelines(chunks)
+            return
+        if not self._backlog and not self._paused and all(len(c) < LARGE for c in chunks):
+            t.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            return
+        # Python 3.11 selector transports copy whatever the socket does not take at once
+        # into their own buffer (and writelines() joins first): hand large data over in
+        # slices, each when the previous one drained, so it is never copied whole.
+        self._backlog.extend(c if type(c) is memoryview else memoryview(c) for c in chunks)
+        self._drain()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: keep the rest in the backlog."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained: continue with the backlog."""
+        self._paused = False
+        self._drain()
+
+    def _drain(self) -> None:
+        backlog = self._backlog
+        while backlog and not self._paused:
+            t = self.transport
+            if t is None or t.is_closing():
+                backlog.clear()
+                return
+            head = backlog[0]
+            if head.nbytes >= LARGE:
+                if head.nbytes > self._SLICE:
+                    backlog[0] = head[self._SLICE :]
+                    head = head[: self._SLICE]
+                else:
+                    backlog.popleft()
+                t.write(head)
+                continue
+            small: list[memoryview] = []
+            while backlog and backlog[0].nbytes < LARGE:
+                small.append(backlog.popleft())
+            t.write(small[0] if len(small) == 1 else b"".join(small))
