@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from taskpool import _wire as w
-from taskpool._child import spawn_child
+from taskpool._spawn import spawn_child
 
 HEADER = struct.Struct("<I")
 

@@ -31,7 +31,7 @@ import pytest
 import pytest_asyncio
 
 import taskpool
-from taskpool._child import child_command, child_env, spawn_child
+from taskpool._spawn import child_command, child_env, spawn_child
 from taskpool._context import current
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
 from taskpool._frames import FrameProtocol
@@ -857,7 +857,7 @@ async def test_child_exits_at_once_if_its_parent_is_already_gone() -> None:
 _INTERMEDIATE = textwrap.dedent(
     """
     import socket, subprocess, sys
-    from taskpool._child import child_command, child_env
+    from taskpool._spawn import child_command, child_env
     from taskpool._frames import encode_frame
     from taskpool._wire import Call, FnRef, Started, dump_args, parent_parser
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from taskpool import FunctionPool, SerializationError, StatusType, TaskCancelled, TaskpoolError
+from taskpool import FunctionPool, SerializationError, StatusType, TaskCancelled, TaskFailed, TaskpoolError
 
 from . import _funcs as f
 from ._support import Gate
@@ -350,3 +350,28 @@ async def test_aclose_is_bounded_when_a_thread_worker_never_ends() -> None:
         assert time.monotonic() - started < 2.5
         assert pool.state == "closed"
         gate.release("stuck")  # the abandoned thread ends when its call returns
+
+
+# --- a task's own SystemExit / CancelledError is its failure, on every kind ------------------
+
+
+async def async_system_exit() -> None:
+    await asyncio.sleep(0)
+    raise SystemExit(3)
+
+
+async def async_own_cancel() -> None:
+    await asyncio.sleep(0)
+    raise asyncio.CancelledError("mine")
+
+
+@pytest.mark.parametrize("fn", [async_system_exit, async_own_cancel])
+async def test_an_async_task_raising_system_exit_or_its_own_cancel_fails_alone(kind: str, fn: Any) -> None:
+    async with FunctionPool(1, worker=kind) as pool:
+        exits = pool.events.subscribe("worker.exited")
+        with pytest.raises(TaskFailed) as info:
+            await pool.add_task(fn)
+        assert info.value.type_name in ("SystemExit", "asyncio.exceptions.CancelledError")
+        assert await pool.add_task(f.add, 1, 1) == 2
+        assert exits.get_nowait() is None  # the worker lived on
+        exits.close()

@@ -1,28 +1,6 @@
 """The worker process: a fresh interpreter serving calls over the framed channel.
 
-Spawning (parent side; :func:`spawn_child` does all of it)::
-
-    parent_sock, child_sock = socket.socketpair()
-    argv = child_command(child_sock.fileno())        # python -c BOOTSTRAP --fd N --ppid P
-    proc = await asyncio.create_subprocess_exec(
-        *argv, pass_fds=(child_sock.fileno(),), env=child_env(), cwd=os.getcwd(),
-        stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
-    child_sock.close()
-    _, proto = await loop.connect_accepted_socket(factory, parent_sock)
-    # first message from the child: Hello(pid, python, uvloop)
-
-- The parent's ``sys.path`` travels in the environment variable ``TASKPOOL_SYS_PATH``
-  (JSON list, removed from ``os.environ`` before user code runs); the bootstrap installs
-  it before importing taskpool, so the child imports exactly what the parent would. The
-  rest of the environment and the working directory are the parent's (``child_env``,
-  ``cwd``); interpreter flags (``-O``, ``-X dev``, ``-W ...``) are passed on too.
-- The channel fd is inherited (``pass_fds``); ``--ppid`` is the parent's pid.
-- Lifetime: on Linux the child asks for SIGKILL when its parent dies
-  (``PR_SET_PDEATHSIG``; note that Linux delivers it when the parent *thread* that
-  spawned the child exits, so spawn from the thread running the pool's loop) and exits
-  at once if the parent is already gone. Everywhere, EOF on the channel makes it exit.
-  SIGINT is ignored: Ctrl-C goes to the whole process group, and the pool decides.
-- stdout and stderr are the parent's pipes, line-buffered.
+Spawned by :mod:`taskpool._spawn` (the parent side: argv, environment, lifetime).
 
 Serving: one event loop (uvloop when importable) runs a :class:`CallServer` on the
 socket. Calls queue in arrival order and run ``concurrency`` at once (one by default),
@@ -46,22 +24,20 @@ import contextlib
 import functools
 import inspect
 import io
-import json
 import os
 import pickle
 import platform
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import traceback
 from asyncio import events
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
 
 from taskpool._context import TaskContext, current
 from taskpool._errors import SerializationError
@@ -91,93 +67,7 @@ from taskpool._wire import (
     load_payload,
 )
 
-__all__ = ["SYS_PATH_ENV", "CallServer", "child_command", "child_env", "main", "spawn_child"]
-
-SYS_PATH_ENV = "TASKPOOL_SYS_PATH"
-# Runs as ``python -c``: installs the parent's sys.path before anything is imported.
-_BOOTSTRAP = (
-    "import json,os,sys;"
-    f"p=os.environ.pop({SYS_PATH_ENV!r},None);"
-    "sys.path[:]=json.loads(p) if p else sys.path;"
-    "from taskpool._child import main;main()"
-)
-
-P = TypeVar("P", bound=asyncio.BaseProtocol)
-
-
-# --------------------------------------------------------------------------- parent side
-
-
-def child_command(
-    fd: int,
-    *,
-    parent_pid: int | None = None,
-    loop: str = "auto",
-    executable: str | None = None,
-    concurrency: int = 1,
-) -> list[str]:
-    """The argv that starts a worker serving on inherited fd ``fd``.
-
-    ``loop`` is ``"auto"`` (uvloop when importable), ``"uvloop"`` or ``"asyncio"``.
-    """
-    if loop not in ("auto", "uvloop", "asyncio"):
-        raise ValueError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {loop!r}")
-    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-    ppid = os.getpid() if parent_pid is None else parent_pid
-    options = ["--fd", str(fd), "--ppid", str(ppid), "--loop", loop, "--concurrency", str(concurrency)]
-    return [executable or sys.executable, *flags, "-c", _BOOTSTRAP, *options]
-
-
-def child_env(env: Mapping[str, str] | None = None, *, sys_path: Sequence[str] | None = None) -> dict[str, str]:
-    """The environment for a worker: ``env`` (default: this process's) plus this
-    process's ``sys.path`` (or ``sys_path``) for the bootstrap."""
-    out = dict(os.environ if env is None else env)
-    out[SYS_PATH_ENV] = json.dumps(list(sys.path if sys_path is None else sys_path))
-    return out
-
-
-async def spawn_child(
-    protocol_factory: Callable[[], P],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    loop: str = "auto",
-    stdout: int | None = subprocess.PIPE,
-    stderr: int | None = subprocess.PIPE,
-    concurrency: int = 1,
-) -> tuple[asyncio.subprocess.Process, P]:
-    """Start a worker and connect ``protocol_factory()`` to its channel.
-
-    Returns the process (its ``stdout``/``stderr`` are StreamReaders when piped) and the
-    connected protocol; the worker's first frame will be :class:`~taskpool._wire.Hello`.
-    On failure nothing is left running.
-    """
-    parent_sock, child_sock = socket.socketpair()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *child_command(child_sock.fileno(), loop=loop, concurrency=concurrency),
-            pass_fds=(child_sock.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            env=child_env(env),
-            cwd=os.getcwd() if cwd is None else cwd,
-        )
-    except BaseException:
-        parent_sock.close()
-        raise
-    finally:
-        child_sock.close()
-    try:
-        _, proto = await asyncio.get_running_loop().connect_accepted_socket(protocol_factory, parent_sock)
-    except BaseException:
-        parent_sock.close()
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    return proc, proto
-
+__all__ = ["CallServer", "main"]
 
 # --------------------------------------------------------------------------- the worker
 
@@ -234,6 +124,7 @@ class CallServer(FrameProtocol[ToChild]):
         # call runs to its end inside _run, blocking the loop, so it never stays here.
         self.limit = concurrency
         self.running: dict[int, tuple[_Job, asyncio.Task[Any]]] = {}
+        self.cancel_asked: set[int] = set()  # running calls the parent cancelled
         self.fns: dict[int, _FnSlot] = {}
         self.in_sync = False  # a sync call is running: the loop is blocked
         self.stopping = False  # Shutdown received
@@ -305,6 +196,7 @@ class CallServer(FrameProtocol[ToChild]):
         running = self.running.get(call_id)
         if running is not None:
             if not queued_only:
+                self.cancel_asked.add(call_id)
                 running[1].cancel()  # answered from _task_done once it has stopped
             return
         for job in self.queue:
@@ -400,14 +292,22 @@ class CallServer(FrameProtocol[ToChild]):
         if self.running.pop(cid, None) is None or self.lost:
             return
         at = time.time()
+        asked = cid in self.cancel_asked
+        self.cancel_asked.discard(cid)
         if task.cancelled():
-            self._send_cancelled(cid)
+            if asked:
+                self._send_cancelled(cid)
+            else:  # the call raised CancelledError by itself: that is how it failed
+                try:
+                    task.result()
+                except asyncio.CancelledError as own:
+                    self._send_error(cid, ERR_RAISED, own, at)
         else:
             exc = task.exception()
             if exc is None:
                 self._send_result(cid, task.result(), at)
             else:
-                self._send_error(cid, ERR_RAISED, exc, at)
+                self._send_error(cid, ERR_RAISED, exc.original if isinstance(exc, _Escaped) else exc, at)
         # Frames may have arrived since the loop last read (a task that never yielded
         # ends in the iteration after the one that read its Call): check before starting.
         self._pump(check=True)
@@ -485,8 +385,20 @@ def _unread_probe(transport: asyncio.BaseTransport) -> Callable[[int], object]:
     return poller.poll  # called straight: it is on the hot path
 
 
+class _Escaped(Exception):
+    """A task's own SystemExit/KeyboardInterrupt, carried out of its asyncio task (asyncio
+    would re-raise those out of the event loop and take the worker down)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
 async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+    try:
+        return await awaitable
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Escaped(exc) from None
 
 
 def _format_exception(exc: BaseException) -> str:

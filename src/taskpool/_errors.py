@@ -140,7 +140,8 @@ def as_task_failed(exc: BaseException, tb: str | None = None) -> TaskFailed:
 
     Re-raising those in the awaiting code would stop the program or look like the
     awaiter itself being cancelled, so every worker kind reports them as a
-    :class:`TaskFailed` carrying the type name, message and traceback text (``tb``, or
+    :class:`TaskFailed` carrying the type's name (module-qualified unless a builtin, as a
+    process worker reports it), message and traceback text (``tb``, or
     ``exc``'s own), with a :class:`RemoteTraceback` as ``__cause__``.
     """
     if tb is None:
@@ -149,6 +150,8 @@ def as_task_failed(exc: BaseException, tb: str | None = None) -> TaskFailed:
         message = str(exc)
     except Exception:
         message = f"<unprintable {type(exc).__name__}>"
-    failed = TaskFailed(type(exc).__qualname__, message, tb)
+    t = type(exc)
+    name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    failed = TaskFailed(name, message, tb)
     failed.__cause__ = RemoteTraceback(tb)
     return failed

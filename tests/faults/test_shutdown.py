@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from taskpool import FunctionPool, RestartPolicy, TaskCancelled, TaskState, WorkerCrashed
-from taskpool._child import spawn_child
+from taskpool._spawn import spawn_child
 from taskpool._wire import FrameProtocol, Hello, Shutdown, parent_parser
 from taskpool._workers._process import CANCEL_GRACE
 

@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .. import _wire
-from .._child import spawn_child
+from .._spawn import spawn_child
 from .._errors import SerializationError
 from .._frames import FrameProtocol, WireError
 from .._functions import FunctionTable
@@ -99,6 +99,7 @@ class ProcessWorker(Worker):
         self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
         self._returning: set[int] = set()  # cancelled only to be handed back unstarted
         self._running: set[int] = set()  # begun (loading or started), not yet answered
+        self._async_calls: set[int] = set()  # sent calls of coroutine functions (cancellable in the child)
         # Begun by loading its function (user code: it may kill the worker), not Started
         # yet: id -> when loading began. Reported as started only if it ends before Started.
         self._loading: dict[int, float] = {}
@@ -304,7 +305,7 @@ class ProcessWorker(Worker):
             return None
         self._returning.discard(call_id)  # it began before Shutdown: it runs here
         self._running.add(call_id)
-        if task.done() and not _wire.is_async_callable(task.fn):
+        if task.done() and call_id not in self._async_calls:
             # Cancelled while its start was on the way: our Cancel reaches the child only
             # after the call, which nothing can interrupt. Stop it.
             self._retire_now(f"call {call_id} was cancelled as it started")
@@ -322,6 +323,7 @@ class ProcessWorker(Worker):
 
     def _answered(self, call_id: int) -> None:
         self._running.discard(call_id)
+        self._async_calls.discard(call_id)
         h = self._timers.pop(call_id, None)
         if h is not None:
             h.cancel()
@@ -348,6 +350,8 @@ class ProcessWorker(Worker):
             self.host.loop.call_soon(self._fail_unsent, task, WireError("worker channel closed"))
             return
         self._calls[task.id] = task
+        if _wire.is_async_callable(task.fn):  # known now: a settled task's fn is gone
+            self._async_calls.add(task.id)
         channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop))
 
     def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
@@ -361,7 +365,7 @@ class ProcessWorker(Worker):
         if task.id not in self._calls:
             return CancelResult.STOPPING  # already answered, or never sent
         running = task.id in self._running
-        if running and not _wire.is_async_callable(task.fn):
+        if running and task.id not in self._async_calls:
             # A running sync call cannot be interrupted: the worker must go.
             return CancelResult.UNSTOPPABLE
         self._write(_wire.Cancel(task.id))

@@ -1,0 +1,125 @@
+"""Starting a worker process (the parent side of :mod:`taskpool._child`).
+
+What :func:`spawn_child` does::
+
+    parent_sock, child_sock = socket.socketpair()
+    argv = child_command(child_sock.fileno())        # python -c BOOTSTRAP --fd N --ppid P
+    proc = await asyncio.create_subprocess_exec(
+        *argv, pass_fds=(child_sock.fileno(),), env=child_env(), cwd=os.getcwd(),
+        stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
+    child_sock.close()
+    _, proto = await loop.connect_accepted_socket(factory, parent_sock)
+    # first message from the child: Hello(pid, python, uvloop)
+
+- The parent's ``sys.path`` travels in the environment variable ``TASKPOOL_SYS_PATH``
+  (JSON list, removed from ``os.environ`` before user code runs); the bootstrap installs
+  it before importing taskpool, so the child imports exactly what the parent would. The
+  rest of the environment and the working directory are the parent's (``child_env``,
+  ``cwd``); interpreter flags (``-O``, ``-X dev``, ``-W ...``) are passed on too.
+- The channel fd is inherited (``pass_fds``); ``--ppid`` is the parent's pid.
+- Lifetime: on Linux the child asks for SIGKILL when its parent dies
+  (``PR_SET_PDEATHSIG``; note that Linux delivers it when the parent *thread* that
+  spawned the child exits, so spawn from the thread running the pool's loop) and exits
+  at once if the parent is already gone. Everywhere, EOF on the channel makes it exit.
+  SIGINT is ignored: Ctrl-C goes to the whole process group, and the pool decides.
+- stdout and stderr are the parent's pipes, line-buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+__all__ = ["SYS_PATH_ENV", "child_command", "child_env", "spawn_child"]
+
+SYS_PATH_ENV = "TASKPOOL_SYS_PATH"
+# Runs as ``python -c``: installs the parent's sys.path before anything is imported.
+_BOOTSTRAP = (
+    "import json,os,sys;"
+    f"p=os.environ.pop({SYS_PATH_ENV!r},None);"
+    "sys.path[:]=json.loads(p) if p else sys.path;"
+    "from taskpool._child import main;main()"
+)
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def child_command(
+    fd: int,
+    *,
+    parent_pid: int | None = None,
+    loop: str = "auto",
+    executable: str | None = None,
+    concurrency: int = 1,
+) -> list[str]:
+    """The argv that starts a worker serving on inherited fd ``fd``.
+
+    ``loop`` is ``"auto"`` (uvloop when importable), ``"uvloop"`` or ``"asyncio"``.
+    """
+    if loop not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"loop must be 'auto', 'uvloop' or 'asyncio', got {loop!r}")
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    ppid = os.getpid() if parent_pid is None else parent_pid
+    options = ["--fd", str(fd), "--ppid", str(ppid), "--loop", loop, "--concurrency", str(concurrency)]
+    return [executable or sys.executable, *flags, "-c", _BOOTSTRAP, *options]
+
+
+def child_env(env: Mapping[str, str] | None = None, *, sys_path: Sequence[str] | None = None) -> dict[str, str]:
+    """The environment for a worker: ``env`` (default: this process's) plus this
+    process's ``sys.path`` (or ``sys_path``) for the bootstrap."""
+    out = dict(os.environ if env is None else env)
+    out[SYS_PATH_ENV] = json.dumps(list(sys.path if sys_path is None else sys_path))
+    return out
+
+
+async def spawn_child(
+    protocol_factory: Callable[[], P],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    loop: str = "auto",
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    concurrency: int = 1,
+) -> tuple[asyncio.subprocess.Process, P]:
+    """Start a worker and connect ``protocol_factory()`` to its channel.
+
+    Returns the process (its ``stdout``/``stderr`` are StreamReaders when piped) and the
+    connected protocol; the worker's first frame will be :class:`~taskpool._wire.Hello`.
+    On failure nothing is left running.
+    """
+    parent_sock, child_sock = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *child_command(child_sock.fileno(), loop=loop, concurrency=concurrency),
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=child_env(env),
+            cwd=os.getcwd() if cwd is None else cwd,
+        )
+    except BaseException:
+        parent_sock.close()
+        raise
+    finally:
+        child_sock.close()
+    try:
+        _, proto = await asyncio.get_running_loop().connect_accepted_socket(protocol_factory, parent_sock)
+    except BaseException:
+        parent_sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc, proto
