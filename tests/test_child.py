@@ -31,10 +31,10 @@ import pytest
 import pytest_asyncio
 
 import taskpool
-from taskpool._spawn import child_command, child_env, spawn_child
 from taskpool._context import current
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
 from taskpool._frames import FrameProtocol
+from taskpool._spawn import child_command, child_env, spawn_child
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_LOAD,

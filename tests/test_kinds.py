@@ -16,6 +16,7 @@ from taskpool.workers import Capabilities, Worker, kind_names, register_kind
 
 from . import _funcs as f
 
+
 class RenamedInline(InlineWorker):
     """The inline kind under another name: the core must treat it by what it can do."""
 

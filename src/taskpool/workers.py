@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from ._workers import (
     ENTRY_POINT_GROUP,
-    Capabilities,
     CancelResult,
+    Capabilities,
     Worker,
     WorkerExit,
     WorkerHost,

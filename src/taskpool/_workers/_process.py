@@ -34,10 +34,10 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .. import _wire
-from .._spawn import spawn_child
 from .._errors import SerializationError
 from .._frames import FrameProtocol, WireError
 from .._functions import FunctionTable
+from .._spawn import spawn_child
 from ._base import CancelResult, Capabilities, Worker, WorkerExit, log_path
 
 if TYPE_CHECKING:
