@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -108,7 +109,7 @@ async def test_output_is_prefixed_and_logged_per_worker_and_sigterm_stops_gracef
     assert "worker output" not in err  # shown once, prefixed; not again in the log
     files = sorted(os.listdir(logs))
     assert len(files) == 2
-    contents = "".join(open(os.path.join(logs, f), encoding="utf-8").read() for f in files)
+    contents = "".join(pathlib.Path(logs, f).read_text(encoding="utf-8") for f in files)
     for pid in pids.values():
         assert f"main up in {pid}" in contents
     assert contents.count("to stderr") == 2

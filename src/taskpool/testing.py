@@ -46,7 +46,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 __all__ = ["Gate", "block_gate", "wait_gate"]
 
@@ -94,6 +94,7 @@ class Gate:
         self._all: bytes | None = None
         self._parked: dict[str, list[asyncio.Future[bytes]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
+        self._live: set[asyncio.BaseTransport] = set()  # connections not closed yet
         self._changed: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         self._entered = False
@@ -108,7 +109,10 @@ class Gate:
         self._dir = tempfile.mkdtemp(prefix="tpg-")  # short: Unix socket paths are limited
         self._changed = asyncio.Event()
         try:
-            self._server = await asyncio.start_unix_server(self._handle, self.path)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(
+                lambda: _Tracked(asyncio.StreamReader(), self._handle, self._live), self.path
+            )
         except BaseException:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
@@ -119,12 +123,26 @@ class Gate:
     ) -> None:
         self.open()
         try:
+            # Let accepts already under way finish first: on Python 3.11 one that
+            # completes after the server closed leaks its socket (fixed in 3.12).
+            for _ in range(5):
+                await asyncio.sleep(0)
             if self._server is not None:
                 self._server.close()
-            if self._handlers:
-                await asyncio.wait(self._handlers, timeout=self.timeout)
-            for t in self._handlers:
-                t.cancel()
+            # A connection accepted just before the close starts its handler in a later
+            # callback: let those run, then wait for every handler to reply and close.
+            for _ in range(3):
+                await asyncio.sleep(0)
+                pending = {t for t in self._handlers if not t.done()}
+                if not pending:
+                    break
+                _, late = await asyncio.wait(pending, timeout=self.timeout)
+                for t in late:
+                    t.cancel()  # its ``finally`` closes the connection
+                if late:
+                    await asyncio.wait(late, timeout=1.0)
+            for transport in list(self._live):  # a connection whose handler never ran
+                transport.close()
             if self._server is not None:
                 await self._server.wait_closed()
         finally:
@@ -262,9 +280,29 @@ class Gate:
             pass
         finally:
             writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()  # also collects a broken pipe's error
             self._handlers.discard(me)
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()  # also collects a broken pipe's error
+
+
+class _Tracked(asyncio.StreamReaderProtocol):
+    """A stream protocol that keeps its transport in ``live`` while it is open, so the
+    gate closes every connection it accepted, even one whose handler never started."""
+
+    def __init__(self, reader: asyncio.StreamReader, cb: Any, live: set[asyncio.BaseTransport]) -> None:
+        super().__init__(reader, cb)
+        self._live = live
+        self._conn: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._conn = transport
+        self._live.add(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._live.discard(self._conn)
+        super().connection_lost(exc)
 
 
 # --- what a task runs: module-level, so a process worker imports them by reference ----------
