@@ -110,7 +110,11 @@ class PoolCore(Lifecycle):
                 Slot(first_worker_id + i, caps.window, adaptive=caps.adaptive_window, concurrency=options.concurrency)
             )
         spec = WorkerSpec(
-            pool_name=self.name, log_dir=options.log_dir, concurrency=options.concurrency, cancel_grace=cancel_grace
+            pool_name=self.name,
+            log_dir=options.log_dir,
+            concurrency=options.concurrency,
+            cancel_grace=cancel_grace,
+            max_message_size=options.max_message_size,
         )
         self.sup = Supervisor(
             self,

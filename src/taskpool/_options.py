@@ -16,6 +16,7 @@ import msgspec
 from ._restart import RestartPolicy
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
     "MAX_WORKERS",
     "PoolOptions",
     "check_callable",
@@ -26,6 +27,9 @@ __all__ = [
     "check_timeout",
     "default_pool_size",
 ]
+
+#: Default bound on one message (frame or out-of-band segment) from a worker: 1 GiB.
+DEFAULT_MAX_MESSAGE = 2**30
 
 #: Upper bound on ``pool_size`` (and service ``instances``): far above what one machine
 #: runs usefully, low enough that a typo cannot spawn a million workers.
@@ -126,6 +130,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
     keep_records: int = 10_000
     name: str
     concurrency: int = 1
+    max_message_size: int = DEFAULT_MAX_MESSAGE
 
     @classmethod
     def checked(
@@ -142,6 +147,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
         keep_records: int,
         name: str,
         concurrency: int,
+        max_message_size: int = 2**30,
     ) -> PoolOptions:
         """Check every option; raise on the first bad one.
 
@@ -171,4 +177,6 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
             keep_records=keep_records,
             name=name,
             concurrency=check_count("concurrency", concurrency, maximum=MAX_WORKERS) or 1,
+            max_message_size=check_count("max_message_size", max_message_size, minimum=2**16, maximum=2**32 - 1)
+            or DEFAULT_MAX_MESSAGE,
         )

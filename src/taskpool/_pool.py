@@ -21,7 +21,15 @@ from . import _status
 from ._core import PoolCore
 from ._errors import QueueFull
 from ._map import map_tasks
-from ._options import PoolOptions, check_callable, check_count, check_grace, check_name, check_restart
+from ._options import (
+    DEFAULT_MAX_MESSAGE,
+    PoolOptions,
+    check_callable,
+    check_count,
+    check_grace,
+    check_name,
+    check_restart,
+)
 from ._persistent import PersistentWorker, PersistentWorkerStarter
 from ._restart import RestartPolicy
 from ._service import Service
@@ -64,6 +72,10 @@ class FunctionPool:
         concurrency: how many tasks each worker runs at once (default 1). Above 1,
             coroutine tasks interleave on the worker's event loop (I/O-bound work);
             a plain function still holds its worker's loop while it runs.
+        max_message_size: the largest message (bytes) a worker may send the pool: one
+            frame, or one out-of-band buffer of a result (default 1 GiB; 64 KiB to
+            4 GiB - 1). A worker that sends a bigger one, or garbage, is killed and its
+            tasks fail with ``WorkerCrashed``: nothing is allocated for it first.
 
     Raises:
         ValueError: an argument is out of range (the message names it and what is accepted).
@@ -84,6 +96,7 @@ class FunctionPool:
         keep_records: int = 10_000,
         name: str | None = None,
         concurrency: int = 1,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         check_name("name", name)
         options = PoolOptions.checked(
@@ -98,6 +111,7 @@ class FunctionPool:
             keep_records=keep_records,
             name=name or f"pool-{next(_pool_numbers)}",
             concurrency=concurrency,
+            max_message_size=max_message_size,
         )
         self._core = core = PoolCore(options)
         self.name: str = options.name

@@ -88,6 +88,9 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: (None: the kind's default); a service sets it to its stop grace.
     cancel_grace: float | None = None
     concurrency: int = 1  # tasks one worker runs at once (coroutines interleave)
+    #: Largest message (a frame, or one out-of-band segment) a worker may send, in bytes:
+    #: a bigger one is a broken or hostile worker, killed before anything is allocated.
+    max_message_size: int = 2**30
 
 
 class WorkerHost(Protocol):
