@@ -60,7 +60,7 @@ from ._types import (
     WorkerLogEvent,
     WorkerState,
 )
-from ._workers import CancelResult, Worker, WorkerExit, WorkerSpec, backend
+from ._workers import CancelResult, Capabilities, Worker, WorkerExit, WorkerSpec, backend
 
 __all__ = ["Extra", "PoolCore"]
 
@@ -90,21 +90,22 @@ class PoolCore(Lifecycle):
         worker_buses: tuple[EventBus, ...] = (),
         cancel_grace: float | None = None,
     ) -> None:
-        self.options = options
-        self.name = options.name
-        self.role = role
+        self.options: PoolOptions = options
+        self.name: str = options.name
+        self.role: str = role
         self.backend: type[Worker] = backend(options.worker)
-        caps = self.capabilities = self.backend.capabilities
+        self.capabilities: Capabilities = self.backend.capabilities
+        caps = self.capabilities
         if options.max_memory_per_worker is not None and not caps.reports_memory:
             raise ValueError(
                 f"max_memory_per_worker needs workers with memory of their own; worker={options.worker!r} "
                 "shares the pool's memory (use worker='process')"
             )
-        self.events = EventBus(source=self.name)
+        self.events: EventBus = EventBus(source=self.name)
         self.worker_buses: list[EventBus] = [self.events, *worker_buses]
         self.worker_listeners: list[Callable[[WorkerEvent], None]] = []  # told synchronously
-        self.log = structlog.get_logger("taskpool").bind(pool=self.name)
-        self.sched = Scheduler(keep_records=options.keep_records)
+        self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("taskpool").bind(pool=self.name)
+        self.sched: Scheduler = Scheduler(keep_records=options.keep_records)
         for i in range(options.pool_size):
             self.sched.add_slot(
                 Slot(first_worker_id + i, caps.window, adaptive=caps.adaptive_window, concurrency=options.concurrency)
@@ -116,7 +117,7 @@ class PoolCore(Lifecycle):
             cancel_grace=cancel_grace,
             max_message_size=options.max_message_size,
         )
-        self.sup = Supervisor(
+        self.sup: Supervisor = Supervisor(
             self,
             self.sched,
             self.backend,
@@ -127,7 +128,7 @@ class PoolCore(Lifecycle):
             log=self.log,
             name=self.name,
         )
-        self.hooks = Hooks(self, self.events, self.log)
+        self.hooks: Hooks = Hooks(self, self.events, self.log)
         self.hooks.on_finished = self.schedule_check
         self.extras: list[Extra] = []
         self._extra_runs: list[Callable[[], Coroutine[Any, Any, None]]] = []  # services added before start
@@ -158,9 +159,11 @@ class PoolCore(Lifecycle):
 
     @property
     def has_queued(self) -> bool:
+        """Whether tasks wait in the pool's queue."""
         return self.sched.n_queued > 0
 
     def worker_ready(self, slot: Slot) -> None:
+        """The slot's new worker can take tasks: open the slot and hand it work."""
         self.sched.open_slot(slot, time.time())
         if self._tg is not None and self._state in (PoolState.RUNNING, PoolState.CLOSING):
             self.pump()
@@ -186,6 +189,10 @@ class PoolCore(Lifecycle):
         self.schedule_check()
 
     def slot_dead(self, slot: Slot, failures: list[str], why: str) -> None:
+        """The slot will never have a worker again: with every slot dead the pool is broken.
+
+        Its queued tasks then fail with :class:`PoolBroken` and the pool stops.
+        """
         if all(s.dead for s in self.sched.slots) and self._state in (PoolState.RUNNING, PoolState.CLOSING):
             self._broken = PoolBroken(
                 f"pool {self.name!r} is broken: no worker can be started any more ({why}); "
@@ -199,6 +206,7 @@ class PoolCore(Lifecycle):
                 self._stop_event.set()
 
     def emit_worker(self, topic: str, worker: Worker, **fields: Any) -> None:
+        """Publish a ``worker.*`` event to the worker listeners and buses that want it."""
         listeners = self.worker_listeners
         buses = [b for b in self.worker_buses if b.wants(topic)]
         if not buses and not listeners:
@@ -240,6 +248,7 @@ class PoolCore(Lifecycle):
                 self._extra_runs.append(run)
 
     def detach(self, extra: Extra) -> None:
+        """Untie ``extra`` from the pool's life (nothing if it was not tied)."""
         if extra in self.extras:
             self.extras.remove(extra)
 
@@ -312,6 +321,7 @@ class PoolCore(Lifecycle):
         return True
 
     def run_callback(self, kind: str, cb: Callable[..., Any], args: tuple[Any, ...], task: Task[Any] | None) -> None:
+        """Call a user callback through the hooks runner; it never raises into the caller."""
         self.hooks.run(kind, cb, args, task)
 
     def _on_timeout(self, task: Task[Any]) -> None:
@@ -330,6 +340,10 @@ class PoolCore(Lifecycle):
     # --- WorkerHost: what workers report -------------------------------------------------
 
     def task_started(self, worker: Worker, task: Task[Any], at: float) -> None:
+        """``worker`` began running ``task`` at ``at``: start its timer, run its start callbacks.
+
+        A stale report (the task settled or moved to another worker meanwhile) is ignored.
+        """
         slot = task.slot
         if task._state is not _QUEUED or slot is None or slot.worker is not worker:
             return  # settled while its start was on the way, or a stale report
@@ -354,6 +368,11 @@ class PoolCore(Lifecycle):
             )
 
     def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
+        """``task`` ended on ``worker``: ``value`` is its result (``ok``) or its exception.
+
+        Releases it from its slot, then settles it unless it settled already (a stale
+        report from a worker it was taken from is ignored).
+        """
         slot = task.slot
         if slot is not None and slot.worker is not worker:
             return  # a stale report: the task was handed to another worker since
@@ -381,19 +400,23 @@ class PoolCore(Lifecycle):
                 self.settle(task, _CANCELLED if isinstance(value, TaskCancelled) else _FAILED, None, value)
 
     def task_returned(self, worker: Worker, task: Task[Any]) -> None:
+        """``worker`` handed ``task`` back unstarted: it goes to the head of the queue."""
         slot = task.slot
         if slot is not None:
             self.sched.give_back(slot, task)
 
     def batch_done(self) -> None:
+        """A batch of worker reports was delivered: dispatch more work, check for drain."""
         self.pump()
         self.schedule_check()
 
     def worker_publish(self, worker: Worker, topic: str, data: Any, task_id: int | None) -> None:
+        """Publish a user event a task on ``worker`` sent (``taskpool.publish``) on the worker buses."""
         for bus in self.worker_buses:
             bus.publish(topic, data, task_id=task_id, worker_id=worker.id)
 
     def worker_log(self, worker: Worker, stream: str, line: str) -> None:
+        """Log a line ``worker`` wrote to ``stream`` and publish it as ``worker.log``."""
         log = self.log.warning if stream == "stderr" else self.log.info
         log("worker output", worker_id=worker.id, stream=stream, line=line)
         for bus in self.worker_buses:
@@ -454,6 +477,7 @@ class PoolCore(Lifecycle):
         self.schedule_check()
 
     def schedule_check(self) -> None:
+        """Check for drain once the current loop iteration ends (at most one check pending)."""
         # Drain is checked once per loop iteration, after a batch of settlements, so
         # all_settled never runs inside another hook and sees follow-up work they added.
         if not self._check_scheduled and self.loop is not None:

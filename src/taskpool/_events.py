@@ -43,9 +43,9 @@ class Subscription:
 
     def __init__(self, bus: EventBus, patterns: tuple[str, ...], maxsize: int) -> None:
         self._bus = bus
-        self.patterns = patterns
-        self.maxsize = maxsize
-        self.dropped = 0
+        self.patterns: tuple[str, ...] = patterns
+        self.maxsize: int = maxsize
+        self.dropped: int = 0
         self._buffer: collections.deque[Event] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False

@@ -49,8 +49,8 @@ class Hooks:
         self._bus = bus
         self._log = log
         self.lists: dict[str, list[Callable[..., Any]]] = {k: [] for k in KINDS}
-        self.running = 0
-        self.depth = 0
+        self.running: int = 0
+        self.depth: int = 0
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending: list[tuple[str, Awaitable[Any], int | None]] = []
         self._scopes: set[anyio.CancelScope] = set()

@@ -80,12 +80,27 @@ class Lifecycle:
     _check_scheduled: bool
 
     def cancel_all(self, exc: TaskCancelled | PoolBroken) -> None:
+        """Settle every task not settled yet with ``exc`` (the core implements it).
+
+        Raises:
+            NotImplementedError: always, here.
+        """
         raise NotImplementedError
 
     def pump(self) -> None:
+        """Hand queued tasks to workers with room (the core implements it).
+
+        Raises:
+            NotImplementedError: always, here.
+        """
         raise NotImplementedError
 
     def schedule_check(self) -> None:
+        """Check for drain once the current loop iteration ends (the core implements it).
+
+        Raises:
+            NotImplementedError: always, here.
+        """
         raise NotImplementedError
 
     async def start(self) -> None:

@@ -69,7 +69,7 @@ class BusyMeter:
         n = int(BUSY_WINDOW / BUCKET) + 2
         self._busy = [0.0] * n
         self._key = [-1] * n  # which bucket of wall-clock time each entry holds
-        self.capacity = capacity  # tasks the worker runs at once
+        self.capacity: int = capacity  # tasks the worker runs at once
         self.up_since: float | None = None
 
     def add(self, start: float, end: float) -> None:
@@ -137,24 +137,24 @@ class Slot:
     )
 
     def __init__(self, slot_id: int, window: int, *, adaptive: bool = False, concurrency: int = 1) -> None:
-        self.id = slot_id
+        self.id: int = slot_id
         # A worker runs up to `concurrency` tasks at once, plus window - 1 prefetched.
         # An adaptive slot starts without prefetch and opens up to max_window while its
         # calls are short (see Scheduler.observe): prefetching only pays when the round
         # trip is a large part of a call, and a call queued behind a long one just waits.
-        self.min_window = concurrency
-        self.max_window = window + concurrency - 1
-        self.window = concurrency if adaptive else self.max_window
-        self.busy_ewma = 0.0 if adaptive else -1.0  # -1: a fixed window
+        self.min_window: int = concurrency
+        self.max_window: int = window + concurrency - 1
+        self.window: int = concurrency if adaptive else self.max_window
+        self.busy_ewma: float = 0.0 if adaptive else -1.0  # -1: a fixed window
         self.worker: Worker | None = None
         self.inflight: list[Task[Any]] = []
-        self.accepting = False
-        self.state = WorkerState.STARTING
-        self.restarts = 0
-        self.tasks_done = 0  # over the slot's life
-        self.worker_tasks = 0  # by the current worker (for recycling)
+        self.accepting: bool = False
+        self.state: WorkerState = WorkerState.STARTING
+        self.restarts: int = 0
+        self.tasks_done: int = 0  # over the slot's life
+        self.worker_tasks: int = 0  # by the current worker (for recycling)
         self.budget: int | None = None  # tasks the current worker may still be handed
-        self.busy = BusyMeter(concurrency)
+        self.busy: BusyMeter = BusyMeter(concurrency)
 
     @property
     def dead(self) -> bool:
@@ -185,27 +185,28 @@ class Scheduler:
     def __init__(self, *, keep_records: int) -> None:
         self.queue: collections.deque[Task[Any]] = collections.deque()
         self.slots: list[Slot] = []
-        self.free = 0  # sum over accepting slots of _room(slot)
-        self.n_total = 0
-        self.n_queued = 0
-        self.n_active = 0
-        self.n_running = 0  # active and started
-        self.n_started = 0
-        self.n_succeeded = 0
-        self.n_failed = 0
-        self.n_cancelled = 0
+        self.free: int = 0  # sum over accepting slots of _room(slot)
+        self.n_total: int = 0
+        self.n_queued: int = 0
+        self.n_active: int = 0
+        self.n_running: int = 0  # active and started
+        self.n_started: int = 0
+        self.n_succeeded: int = 0
+        self.n_failed: int = 0
+        self.n_cancelled: int = 0
         self.records: collections.deque[TaskRecord] = collections.deque(maxlen=keep_records)
-        self.keep_records = keep_records
-        self.round_no = 0
-        self.round_open = False
+        self.keep_records: int = keep_records
+        self.round_no: int = 0
+        self.round_open: bool = False
         self.round_tasks: list[Task[Any]] = []
-        self.round_settled = 0  # tasks settled in the open round (kept even without the list)
-        self.race_done = False
+        self.round_settled: int = 0  # tasks settled in the open round (kept even without the list)
+        self.race_done: bool = False
 
     # --- counts --------------------------------------------------------------------------
 
     @property
     def n_completed(self) -> int:
+        """Tasks settled so far: succeeded, failed or cancelled."""
         return self.n_succeeded + self.n_failed + self.n_cancelled
 
     def count(self, field: str) -> int:
@@ -247,6 +248,7 @@ class Scheduler:
     # --- slots ---------------------------------------------------------------------------
 
     def add_slot(self, slot: Slot) -> None:
+        """Add a slot (not accepting work until :meth:`open_slot`)."""
         self.slots.append(slot)
 
     def open_slot(self, slot: Slot, now: float | None = None) -> None:
@@ -411,6 +413,7 @@ class Scheduler:
         return False
 
     def started(self, task: Task[Any], worker_id: int, at: float) -> None:
+        """Count ``task`` as running: worker ``worker_id`` started it at ``at`` (epoch seconds)."""
         task._state = _RUNNING
         task.started_at = at
         task.worker_id = worker_id
@@ -467,4 +470,5 @@ class Scheduler:
         return [t for s in self.slots for t in s.inflight]
 
     def running_tasks(self) -> list[Task[Any]]:
+        """Tasks their workers have started and not reported back yet."""
         return [t for s in self.slots for t in s.inflight if t._state is _RUNNING]

@@ -60,11 +60,11 @@ class Service:
         grace: float,
     ) -> None:
         instances = check_count("instances", instances, maximum=MAX_WORKERS) or 1
-        self.name = name
-        self.instances = instances
-        self.restart = restart
-        self.worker_kind = worker
-        self.grace = grace
+        self.name: str = name
+        self.instances: int = instances
+        self.restart: RestartPolicy = restart
+        self.worker_kind: str = worker
+        self.grace: float = grace
         self._fn = fn
         self._args = args
         self._parent = parent
@@ -85,7 +85,7 @@ class Service:
             worker_buses=(parent.events,),
             cancel_grace=grace,
         )
-        self.runs = [0] * instances
+        self.runs: list[int] = [0] * instances
         self._tasks: list[Task[Any] | None] = [None] * instances
         self._state = ServiceState.NEW
         self._stopping = False

@@ -153,14 +153,14 @@ class Supervisor:
         log: structlog.typing.FilteringBoundLogger,
         name: str,
     ) -> None:
-        self.host = host
-        self.sched = sched
-        self.backend = backend
-        self.spec = spec
-        self.restart = restart
-        self.max_tasks = max_tasks
-        self.max_memory = max_memory
-        self.name = name
+        self.host: SlotHost = host
+        self.sched: Scheduler = sched
+        self.backend: type[Worker] = backend
+        self.spec: WorkerSpec = spec
+        self.restart: RestartPolicy = restart
+        self.max_tasks: int | None = max_tasks
+        self.max_memory: int | None = max_memory
+        self.name: str = name
         self._log = log
         self.abandoned: list[Worker] = []  # retired with work that could not be stopped
 

@@ -96,12 +96,12 @@ class Task(Generic[T]):
         queued_at: float,
     ) -> None:
         self._owner = owner
-        self.id = task_id
-        self.fn = fn
-        self.args = args
-        self.meta = meta
-        self.timeout = timeout
-        self.queued_at = queued_at
+        self.id: int = task_id
+        self.fn: Callable[..., Any] = fn
+        self.args: tuple[Any, ...] = args
+        self.meta: Any = meta
+        self.timeout: float | None = timeout
+        self.queued_at: float = queued_at
         self.dispatched_at: float | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None

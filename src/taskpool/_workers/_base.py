@@ -133,9 +133,9 @@ class Worker(abc.ABC):
     capabilities: ClassVar[Capabilities]
 
     def __init__(self, host: WorkerHost, worker_id: int, spec: WorkerSpec) -> None:
-        self.host = host
-        self.id = worker_id
-        self.spec = spec
+        self.host: WorkerHost = host
+        self.id: int = worker_id
+        self.spec: WorkerSpec = spec
 
     @property
     def pid(self) -> int | None:

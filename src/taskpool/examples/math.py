@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-counter = 0
+counter: int = 0
 
 
 def state() -> int:
