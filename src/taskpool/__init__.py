@@ -131,7 +131,10 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-for _name in __all__:
-    if _name not in _LAZY:
-        _public(globals()[_name])
-del _name
+def _publish_names() -> None:
+    for name in __all__:
+        if name not in _LAZY:
+            _public(globals()[name])
+
+
+_publish_names()

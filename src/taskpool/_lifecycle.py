@@ -56,6 +56,7 @@ class Extra(Protocol):
 
     def snapshot_workers(self) -> list[WorkerSnapshot]:
         """Its workers, for the pool's snapshot."""
+        ...
 
 
 class Lifecycle:

@@ -37,7 +37,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import anyio
 
@@ -563,7 +563,7 @@ class PersistentWorkerStarter(Generic[M]):
 def import_persistent_worker(
     module: str,
     *,
-    worker: Literal["process", "thread", "inline"] | str = ...,
+    worker: str = ...,
     timeout: float | None = ...,
     restart: RestartPolicy | None = ...,
 ) -> PersistentWorkerStarter[Any]: ...
@@ -571,7 +571,7 @@ def import_persistent_worker(
 def import_persistent_worker(
     module: M,
     *,
-    worker: Literal["process", "thread", "inline"] | str = ...,
+    worker: str = ...,
     timeout: float | None = ...,
     restart: RestartPolicy | None = ...,
 ) -> PersistentWorkerStarter[M]: ...
@@ -580,7 +580,7 @@ def import_persistent_worker(
 def import_persistent_worker(
     module: str | Any,
     *,
-    worker: Literal["process", "thread", "inline"] | str = "process",
+    worker: str = "process",
     timeout: float | None = None,
     restart: RestartPolicy | None = None,
 ) -> PersistentWorkerStarter[Any]:

@@ -94,6 +94,7 @@ async def serve(
         fn = target
         default_name = getattr(fn, "__name__", "service")
     name = name or default_name
+    assert name is not None  # a default name always exists
     loop = asyncio.get_running_loop()
     forced = False
 

@@ -115,14 +115,17 @@ class SlotHost(Protocol):
     @property
     def state(self) -> PoolState:
         """The pool's state."""
+        ...
 
     @property
     def stopping(self) -> bool:
         """Whether the pool's workers are being stopped."""
+        ...
 
     @property
     def has_queued(self) -> bool:
         """Whether tasks wait in the pool's queue."""
+        ...
 
     def worker_ready(self, slot: Slot) -> None:
         """The slot's new worker can take tasks."""

@@ -27,6 +27,7 @@ class TaskOwner(Protocol):
 
     def cancel_task(self, task: Task[Any], exc: BaseException) -> bool:
         """Cancel (or time out) ``task`` with ``exc``; False if it had already settled."""
+        ...
 
     def run_callback(self, kind: str, cb: Callable[..., Any], args: tuple[Any, ...], task: Task[Any] | None) -> None:
         """Call a user callback; never let it raise into the caller."""
