@@ -130,6 +130,9 @@ class PoolCore(Lifecycle):
         )
         self.hooks: Hooks = Hooks(self, self.events, self.log)
         self.hooks.on_finished = self.schedule_check
+        self._task_timeout = options.task_timeout  # read on every add
+        self._max_queue = options.max_queue
+        self._recycles = options.max_tasks_per_worker is not None or options.max_memory_per_worker is not None
         self.extras: list[Extra] = []
         self._extra_runs: list[Callable[[], Coroutine[Any, Any, None]]] = []  # services added before start
         self._next_extra_id = first_worker_id + options.pool_size
@@ -256,21 +259,22 @@ class PoolCore(Lifecycle):
 
     def add(self, fn: Callable[..., Any], args: tuple[Any, ...], meta: Any, timeout: float | None) -> Task[Any]:
         """Queue ``fn(*args)``; see ``FunctionPool.add_task`` for what it raises."""
-        check_callable("add_task()", fn)
-        timeout = self.options.task_timeout if timeout is None else check_timeout("timeout", timeout)
+        if not callable(fn):
+            check_callable("add_task()", fn)  # raises
+        timeout = self._task_timeout if timeout is None else check_timeout("timeout", timeout)
         state = self._state
-        if state not in _OPEN:
+        if state is not PoolState.RUNNING and state is not PoolState.NEW:
             self._check_intake(state)
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
             self.check_thread()
         sched = self.sched
-        max_queue = self.options.max_queue
+        max_queue = self._max_queue
         if max_queue is not None and sched.n_waiting >= max_queue:
             raise QueueFull(f"pool {self.name!r} has {sched.n_waiting} tasks waiting to start (max_queue={max_queue})")
         task: Task[Any] = Task(self, next(self._ids), fn, args, meta, timeout, time.time())
         sched.add(task)
         events = self.events
-        if events.wants("task.queued"):
+        if events.active and events.wants("task.queued"):
             events.emit(TaskEvent(topic="task.queued", time=task.queued_at, task_id=task.id, state=_QUEUED, meta=meta))
         if sched.free > 0 and self._tg is not None:
             self.pump()
@@ -360,7 +364,7 @@ class PoolCore(Lifecycle):
             for cb in cbs:
                 self.hooks.run("start_callback", cb, (task,), task)
         events = self.events
-        if events.wants("task.started"):
+        if events.active and events.wants("task.started"):
             events.emit(
                 TaskEvent(
                     topic="task.started", time=at, task_id=task.id, state=_RUNNING, meta=task.meta, worker_id=worker.id
@@ -381,14 +385,20 @@ class PoolCore(Lifecycle):
         if pending:
             task.finished_at = at  # the worker's clock: the run time is the call's own
         if slot is not None:
-            if task.started_at is None:
+            sched = self.sched
+            started = task.started_at
+            if started is None:
                 # It never ran (cancelled in the window, or refused before it began):
                 # its budget returns, and it counts for neither recycling nor the window.
-                self.sched.release(slot, task, unstarted=True)
+                sched.release(slot, task, unstarted=True)
             else:
-                self.sched.release(slot, task)
-                self.sched.observe(slot, at - task.started_at)
-                self.sup.after_task(slot, worker)
+                sched.release(slot, task)
+                if slot.busy_ewma >= 0:  # an adaptive window
+                    sched.observe(slot, at - started)
+                if self._recycles:
+                    self.sup.after_task(slot, worker)
+                else:
+                    slot.tasks_done += 1
         if pending:
             if ok:
                 self.settle(task, _SUCCEEDED, value, None)
@@ -444,7 +454,8 @@ class PoolCore(Lifecycle):
         """Give ``task`` its final state, then tell its awaiters, subscribers and hooks."""
         unstarted = task.started_at is None
         task._settle(state, result, exc, time.time())
-        first = self.sched.settled(task, keep_in_round=self.hooks.wants_rounds)
+        hooks = self.hooks
+        first = self.sched.settled(task, keep_in_round=hooks.wants_rounds)
         if unstarted and self.room_waiters:
             self.wake_room()
         callbacks = task._callbacks
@@ -458,10 +469,10 @@ class PoolCore(Lifecycle):
                         else:
                             cb.get_loop().call_soon_threadsafe(set_if_pending, cb)
                 else:
-                    self.hooks.run("done_callback", cb, (task,), task)
+                    hooks.run("done_callback", cb, (task,), task)
         events = self.events
         topic = _TOPIC[state]
-        if events.wants(topic):
+        if events.active and events.wants(topic):
             events.emit(
                 TaskEvent(
                     topic=topic,
@@ -473,8 +484,10 @@ class PoolCore(Lifecycle):
                     error=describe_error(exc),
                 )
             )
-        self.hooks.settled(task, result if exc is None else exc, exc is None, first)
-        self.schedule_check()
+        if hooks.per_task:
+            hooks.settled(task, result if exc is None else exc, exc is None, first)
+        if not self._check_scheduled:
+            self.schedule_check()
 
     def schedule_check(self) -> None:
         """Check for drain once the current loop iteration ends (at most one check pending)."""

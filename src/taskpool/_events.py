@@ -140,6 +140,8 @@ class EventBus:
             raise ValueError(f"default_maxsize must be >= 1, got {default_maxsize!r}")
         # Weak: a subscription nobody holds any more drops out by itself (see _forget).
         self._subs: list[weakref.ref[Subscription]] = []
+        #: False while nobody subscribes: publishers test it before anything else (hot path).
+        self.active: bool = False
         self._routes: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -179,6 +181,7 @@ class EventBus:
                 return sub
             self._subs.append(weakref.ref(sub, self._forget))
             self._routes = {}
+            self.active = True
         return sub
 
     def _forget(self, ref: weakref.ref[Subscription]) -> None:
@@ -189,6 +192,7 @@ class EventBus:
             except ValueError:
                 return
             self._routes = {}
+            self.active = bool(self._subs)
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
@@ -196,6 +200,7 @@ class EventBus:
                 if ref() is sub:
                     self._subs.remove(ref)
                     self._routes = {}
+                    self.active = bool(self._subs)
                     return
 
     def _route(self, topic: str) -> tuple[weakref.ref[Subscription], ...]:
@@ -251,6 +256,7 @@ class EventBus:
         with self._lock:
             self._closed = True
             refs, self._subs, self._routes = self._subs, [], {}
+            self.active = False
         for ref in refs:
             sub = ref()
             if sub is not None:

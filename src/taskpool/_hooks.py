@@ -49,6 +49,10 @@ class Hooks:
         self._bus = bus
         self._log = log
         self.lists: dict[str, list[Callable[..., Any]]] = {k: [] for k in KINDS}
+        #: Whether a then/catch/race hook exists (settling skips them all otherwise).
+        self.per_task = False
+        #: Whether a round's tasks must be remembered (an ``all_settled`` hook exists).
+        self.wants_rounds = False
         self.running: int = 0
         self.depth: int = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -66,11 +70,10 @@ class Hooks:
         if not callable(cb):
             raise TypeError(f"{kind}() needs a callable, got {type(cb).__name__}")
         self.lists[kind].append(cb)
-
-    @property
-    def wants_rounds(self) -> bool:
-        """Whether a round's tasks must be remembered (an ``all_settled`` hook exists)."""
-        return bool(self.lists["all_settled"])
+        if kind == "all_settled":
+            self.wants_rounds = True
+        else:
+            self.per_task = True
 
     # --- the pool's task group -----------------------------------------------------------
 

@@ -35,7 +35,8 @@ class InlineWorker(Worker):
         super().__init__(*args, **kwargs)
         self._inbox: collections.deque[Task[Any]] = collections.deque()
         self._waiters: list[asyncio.Future[None]] = []
-        self._scopes: dict[Task[Any], anyio.CancelScope] = {}  # running task -> its scope
+        self._running: dict[Task[Any], asyncio.Task[Any]] = {}  # running task -> its runner
+        self._cancelling: set[Task[Any]] = set()  # running tasks we are stopping
         self._stopping = False
         self._killed = False
         self._abandoned = False
@@ -64,7 +65,10 @@ class InlineWorker(Worker):
         ctx = TaskContext(self._publish, self.id, owner=host)
         current.set(ctx)
         inbox = self._inbox
-        scopes = self._scopes
+        running = self._running
+        cancelling = self._cancelling
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             if not inbox:
                 if self._stopping or self._killed:
@@ -84,26 +88,27 @@ class InlineWorker(Worker):
             host.task_started(self, task, time.time())
             ok = False
             value: Any = None
-            with anyio.CancelScope() as scope:
-                scopes[task] = scope
-                try:
-                    value = task.fn(*task.args)
-                    if type(value) is types.CoroutineType or hasattr(value, "__await__"):
-                        value = await value
-                    ok = True
-                except Exception as exc:
-                    value = _own_traceback(exc)
-                except BaseException as exc:
-                    # A real cancellation (ours or the pool's) comes with the runner being
-                    # cancelled; a CancelledError/SystemExit the task raised by itself is
-                    # just how that task failed.
-                    me = asyncio.current_task()
-                    if isinstance(exc, GeneratorExit) or (
-                        isinstance(exc, asyncio.CancelledError) and me is not None and me.cancelling()
-                    ):
-                        raise
-                    value = _own_traceback(exc)
-            del scopes[task]
+            # Stopping a task cancels this runner's asyncio task (no cancel scope per task:
+            # they cost more than the task); the runner takes the cancellation back.
+            running[task] = me
+            try:
+                value = task.fn(*task.args)
+                if type(value) is types.CoroutineType or hasattr(value, "__await__"):
+                    value = await value
+                ok = True
+            except asyncio.CancelledError as exc:
+                if task in cancelling and me.uncancel() == 0:
+                    value = None  # we stopped it; the pool knows
+                elif me.cancelling():
+                    raise  # the runner itself is being cancelled (the pool closes hard)
+                else:
+                    value = _own_traceback(exc)  # the task raised CancelledError by itself
+            except GeneratorExit:
+                raise  # this runner's coroutine is being closed
+            except BaseException as exc:  # Exception, or the task's own SystemExit/KeyboardInterrupt
+                value = _own_traceback(exc)
+            del running[task]
+            cancelling.discard(task)
             ctx.task_id = None
             host.task_finished(self, task, ok, value, time.time())
             del task, value  # keep no reference to a settled task or its result
@@ -123,9 +128,10 @@ class InlineWorker(Worker):
         self._poke()
 
     def cancel(self, task: Task[Any]) -> CancelResult:
-        scope = self._scopes.get(task)
-        if scope is not None:
-            scope.cancel()
+        runner = self._running.get(task)
+        if runner is not None:
+            self._cancelling.add(task)
+            runner.cancel()
             return CancelResult.STOPPING
         try:
             self._inbox.remove(task)
@@ -146,8 +152,9 @@ class InlineWorker(Worker):
 
     def kill(self) -> None:
         self._killed = True
-        for scope in self._scopes.values():
-            scope.cancel()
+        for task, runner in list(self._running.items()):
+            self._cancelling.add(task)
+            runner.cancel()
         self._wake_all()
 
     def abandon(self) -> None:
