@@ -71,6 +71,8 @@ _FAILED = TaskState.FAILED
 _CANCELLED = TaskState.CANCELLED
 _TOPIC = {_SUCCEEDED: "task.succeeded", _FAILED: "task.failed", _CANCELLED: "task.cancelled"}
 _OPEN = (PoolState.NEW, PoolState.RUNNING)
+_POOL_NEW = PoolState.NEW  # module constants: an enum attribute lookup costs more on hot paths
+_POOL_RUNNING = PoolState.RUNNING
 
 
 class PoolCore(Lifecycle):
@@ -258,12 +260,23 @@ class PoolCore(Lifecycle):
     # --- intake --------------------------------------------------------------------------
 
     def add(self, fn: Callable[..., Any], args: tuple[Any, ...], meta: Any, timeout: float | None) -> Task[Any]:
-        """Queue ``fn(*args)``; see ``FunctionPool.add_task`` for what it raises."""
-        if not callable(fn):
-            check_callable("add_task()", fn)  # raises
+        """Add ``fn(*args)`` to the pool and return its :class:`Task`; never blocks.
+
+        What ``FunctionPool.add_task`` does (arguments passed positionally: the hot path).
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            ValueError: ``timeout`` is not a positive number.
+            QueueFull: ``max_queue`` tasks are already waiting to start.
+            PoolClosed: the pool is closing or closed.
+            PoolBroken: the pool is broken (no worker can be started any more).
+            RuntimeError: called from a thread other than the pool's event loop's.
+        """
+        if not callable(fn):  # mypy trusts the signature; callers may not
+            check_callable("add_task()", fn)  # type: ignore[unreachable]
         timeout = self._task_timeout if timeout is None else check_timeout("timeout", timeout)
         state = self._state
-        if state is not PoolState.RUNNING and state is not PoolState.NEW:
+        if state is not _POOL_RUNNING and state is not _POOL_NEW:
             self._check_intake(state)
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
             self.check_thread()
