@@ -46,7 +46,7 @@ class ThreadWorker(Worker):
     """A worker thread with its own event loop."""
 
     kind = "thread"
-    capabilities = Capabilities(isolated=False, window=2, reclaims_unstarted=True)
+    capabilities = Capabilities(isolated=False, window=64, adaptive_window=True, reclaims_unstarted=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
