@@ -34,7 +34,7 @@ import taskpool
 from taskpool._context import current
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
 from taskpool._frames import FrameProtocol
-from taskpool._spawn import child_command, child_env, spawn_child
+from taskpool._spawn import child_command, child_env, read_lines, spawn_child, split_lines
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_LOAD,
@@ -204,6 +204,10 @@ class FailsWhenUnpickled:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_raise_lookup_error, ("cannot load me",))
+
+
+def raise_long(n: int) -> None:
+    raise ValueError("x" * n)
 
 
 def _raise_lookup_error(message: str) -> None:
@@ -613,6 +617,28 @@ async def test_arguments_that_cannot_load_fail_that_call_only(chan: Channel, mon
     assert await chan.run(operator.add, 1, 2) == 3
 
 
+@pytest.mark.asyncio
+async def test_what_the_parent_would_refuse_is_refused_in_the_worker() -> None:
+    """With the parent's max_message_size, a result over it is a SerializationError (the
+    worker keeps serving), and an error too big to send arrives clipped."""
+    ch = await open_channel(stdout=subprocess.DEVNULL, max_message=2**16)
+    try:
+        with pytest.raises(SerializationError, match=r"cannot be sent back") as info:
+            await ch.run(bytes, 2**16 + 1)
+        assert "over the limit of 65536 bytes" in str(info.value.__cause__)
+        assert await ch.run(bytes, 2**16 - 1000) == bytes(2**16 - 1000)  # fits: in-band + header
+        with pytest.raises(SerializationError, match="over the limit"):
+            await ch.run(taskpool.publish, "big", bytes(2**17))  # raised in the task
+        with pytest.raises(TaskFailed) as failed:  # its pickle did not fit: rebuilt by name
+            await ch.run(raise_long, 200_000)
+        assert failed.value.type_name == "ValueError"
+        assert "characters cut" in str(failed.value)
+        assert len(str(failed.value)) < 20_000
+        assert await ch.run(triple, 2) == 6
+    finally:
+        assert await ch.close() == 0
+
+
 # --- cancellation and shutdown -----------------------------------------------------------------
 
 
@@ -840,6 +866,38 @@ async def test_parent_sys_path_cwd_and_environment_reach_the_child(
     finally:
         assert await ch.close() == 0
         sys.modules.pop("taskpool_extra_mod", None)
+
+
+def test_split_lines_keeps_every_byte_in_order() -> None:
+    buf = bytearray(b"one\ntwo\r\n\nthree")
+    assert split_lines(buf, 8) == [b"one", b"two", b""]
+    assert buf == b"three"  # the start of a line: kept for the next read
+    buf += b"-is-much-longer\n"
+    assert split_lines(buf, 8) == [b"three-is", b"-much-lo", b"nger"]
+    assert buf == b""
+    buf = bytearray(b"12345678\n")  # exactly the limit: whole
+    assert split_lines(buf, 8) == [b"12345678"]
+
+
+def test_split_lines_cuts_long_lines_between_utf8_characters() -> None:
+    text = "aé€😀" * 50  # 1, 2, 3 and 4 bytes
+    buf = bytearray(text.encode())
+    pieces = split_lines(buf, 10)
+    assert all(1 <= len(p) <= 10 for p in pieces)
+    assert "".join(p.decode() for p in pieces) + buf.decode() == text  # each piece decodes alone
+
+
+@pytest.mark.asyncio
+async def test_read_lines_passes_on_every_byte_of_a_stream() -> None:
+    reader = asyncio.StreamReader(limit=1024)
+    line = os.urandom(300_000).hex()  # far over the reader's own limit and MAX_LINE
+    reader.feed_data(f"{line}\nnext\nlast, without newline".encode())
+    reader.feed_eof()
+    got: list[str] = []
+    await asyncio.wait_for(read_lines(reader, got.append, 65536), WAIT)
+    assert got[-2:] == ["next", "last, without newline"]
+    assert all(len(p) <= 65536 for p in got)
+    assert "".join(got[:-2]) == line
 
 
 # --- lifetime -------------------------------------------------------------------------------------

@@ -23,7 +23,16 @@ from hypothesis import strategies as st
 
 from taskpool import _wire
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
-from taskpool._frames import LARGE, FrameParser, FrameProtocol, FrameWriter, WireError, encode_frame
+from taskpool._frames import (
+    HEADER,
+    LARGE,
+    READ_AHEAD,
+    FrameParser,
+    FrameProtocol,
+    FrameWriter,
+    WireError,
+    encode_frame,
+)
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_RAISED,
@@ -716,6 +725,94 @@ def test_parser_rejects_garbage_and_wrong_direction() -> None:
         child_parser().feed(wire_bytes(Loading(1)))
     with pytest.raises(WireError):
         parent_parser().feed(wire_bytes(Cancel(1)))
+
+
+# --- sizes come from the peer: limits and memory ------------------------------------------------
+
+
+def _feed_buffered(p: FrameParser[Any], data: bytes, step: int = 200_000) -> tuple[list[Any], int]:
+    """Feed ``data`` the way a BufferedProtocol does; return the messages and the most
+    memory the parser held for unfinished frames at any point."""
+    out: list[Any] = []
+    most = 0
+    pos = 0
+    while pos < len(data):
+        target = p.get_buffer(-1)
+        n = min(len(target), len(data) - pos, step)
+        target[:n] = data[pos : pos + n]
+        target.release()
+        pos += n
+        out += p.buffer_updated(n)
+        most = max(most, len(p._buf) + (len(p._seg) if p._seg is not None else 0))
+    return out, most
+
+
+def test_parser_rejects_a_length_over_its_limit_before_allocating() -> None:
+    p = parent_parser(max_message=4096)
+    with pytest.raises(WireError, match="a frame of 4097 bytes is over the limit of 4096 bytes"):
+        p.feed(HEADER.pack(4097))
+    assert len(p._buf) == 256 * 1024  # nothing allocated for it
+    fmt, data, bufs = dump_value(os.urandom(LARGE))
+    big = wire_bytes(Result(1, fmt, data, bufs))
+    with pytest.raises(WireError, match=f"a segment of {LARGE} bytes is over the limit of 4096 bytes"):
+        parent_parser(max_message=4096).feed(big)
+    assert len(parent_parser(max_message=LARGE).feed(big)) == 1  # at the limit: fine
+    with pytest.raises(ValueError, match="max_message"):
+        parent_parser(max_message=0)
+
+
+def test_parser_memory_follows_what_arrived_not_what_was_announced() -> None:
+    """Lengths within the limit that never come true (a frame of 1 GiB, a segment of
+    1 TiB) cost a read-ahead, not their size."""
+    p = parent_parser()
+    _, most = _feed_buffered(p, HEADER.pack(2**30) + os.urandom(300_000))
+    assert most <= 300_000 + READ_AHEAD + 256 * 1024
+    lying = msgspec.msgpack.encode(Result(1, FMT_PICKLE, None, [2**40]))
+    p = parent_parser()
+    _, most = _feed_buffered(p, HEADER.pack(len(lying)) + lying + os.urandom(3_000_000))
+    assert p._seg is not None
+    assert len(p._seg) <= 3_000_000 + READ_AHEAD
+    assert most <= 3_000_000 + READ_AHEAD + 256 * 1024
+
+
+@pytest.mark.parametrize("step", [7_000, 100_000, 5_000_000])
+def test_parser_grows_large_frames_and_segments_as_they_arrive(step: int) -> None:
+    payload = os.urandom(5 * 1024 * 1024)
+    msgs = [
+        Call(1, 0, FMT_VALUE, payload.hex()[:6_000_000]),  # one 6 MB in-band frame
+        Result(2, *dump_value(payload)),  # one 5 MiB segment
+        Result(3, *dump_value([payload[:LARGE], b"", payload[: 3 * LARGE]])),
+        Started(4),
+    ]
+    out, _ = _feed_buffered(FrameParser(msgspec.msgpack.Decoder(Call | Result | Started)), wire_bytes(*msgs), step)
+    assert out[0] == msgs[0]
+    assert load_result(out[1]) == payload
+    assert load_result(out[2]) == [payload[:LARGE], b"", payload[: 3 * LARGE]]
+    assert out[3] == Started(4)
+
+
+def test_wire_error_carries_the_messages_before_the_bad_frame() -> None:
+    good = wire_bytes(Started(1), Result(1, *dump_value("ok")), Started(2))
+    with pytest.raises(WireError) as info:
+        parent_parser().feed(good + b"\x05\x00\x00\x00\xc1\xc1\xc1\xc1\xc1" + wire_bytes(Started(3)))
+    assert [type(m) for m in info.value.messages] == [Started, Result, Started]
+    p = parent_parser(max_message=2**30)
+    p.feed(good[:3])  # a chunk boundary inside the first frame
+    with pytest.raises(WireError) as info:
+        p.feed(good[3:] + HEADER.pack(2**32 - 1))
+    assert [type(m) for m in info.value.messages] == [Started, Result, Started]
+
+
+def test_writer_refuses_what_the_peer_would_reject() -> None:
+    w = FrameWriter(max_message=4096)
+    with pytest.raises(SerializationError, match="a buffer of 5000 bytes is over the limit of 4096"):
+        w.add(Result(1, FMT_PICKLE, None, [bytes(5000)]))
+    with pytest.raises(SerializationError, match="over the limit of 4096 bytes"):
+        w.add(Result(1, FMT_VALUE, "x" * 5000))
+    assert len(w) == 0  # left unchanged
+    w.add(Result(1, FMT_PICKLE, None, [bytes(4096)]))
+    (msg,) = parent_parser(max_message=4096).feed(b"".join(bytes(c) for c in w.take()))
+    assert msg.bufs == [bytearray(4096)]
 
 
 def test_encode_frame_is_length_prefixed_little_endian() -> None:

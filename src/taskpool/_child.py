@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 
 from taskpool._context import TaskContext, current
 from taskpool._errors import SerializationError
-from taskpool._frames import FrameProtocol, WireError
+from taskpool._frames import NO_LIMIT, FrameProtocol, FrameWriter, WireError
 from taskpool._functions import FnDef, load_function
 from taskpool._loop import loop_factory
 from taskpool._wire import (
@@ -114,10 +114,14 @@ class CallServer(FrameProtocol[ToChild]):
 
     Runs at most ``concurrency`` calls at once (only coroutines can overlap: a sync call
     blocks the loop until it returns). ``hello`` is sent as soon as the channel is up.
+    ``max_message`` is the parent's bound on what it receives (its ``max_message_size``):
+    a result or published data over it fails as a SerializationError here rather than
+    getting the worker killed for breaking the channel.
     """
 
-    def __init__(self, concurrency: int = 1, hello: Hello | None = None) -> None:
+    def __init__(self, concurrency: int = 1, hello: Hello | None = None, *, max_message: int = NO_LIMIT) -> None:
         super().__init__(child_parser())
+        self.writer = FrameWriter(max_message=max_message)
         self.hello = hello  # the first frame, queued as soon as the channel is up
         self.queue: deque[_Job] = deque()
         # Async calls running at once (at most ``concurrency``): id -> (job, task). A sync
@@ -343,8 +347,10 @@ class CallServer(FrameProtocol[ToChild]):
         msg = Error(cid, kind, t.__module__, t.__qualname__, message, tb, pickled, at)
         try:
             self.send(msg)
-        except SerializationError:  # e.g. a surrogate in the message: drop the pickle
-            self.send(Error(cid, kind, t.__module__, t.__qualname__, repr(message), repr(tb), None, at))
+        except SerializationError:  # a surrogate in the message, or over the size limit
+            # ascii(): one byte per character, so the clipped texts surely fit.
+            clipped = Error(cid, kind, t.__module__, t.__qualname__, _clip(ascii(message)), _clip(ascii(tb)), None, at)
+            self.send(clipped)
 
     # -- publishing
     def publish(self, topic: str, data: Any, task_id: int | None) -> None:
@@ -412,6 +418,14 @@ def _format_exception(exc: BaseException) -> str:
         return f"{type(exc).__name__} (traceback unavailable)\n"
 
 
+def _clip(text: str, keep: int = 8192) -> str:
+    """``text``, its middle cut out when longer than ``keep`` characters (an error must
+    fit the smallest max_message_size, 64 KiB)."""
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep // 2]}\n[... {len(text) - keep} characters cut ...]\n{text[-keep // 2 :]}"
+
+
 def _describe(exc: BaseException) -> str:
     """``"Type: message"``, even for an exception whose ``__str__`` raises."""
     try:
@@ -450,9 +464,10 @@ def _die_with_parent(ppid: int) -> None:
         os._exit(1)  # the parent died before we could ask to die with it
 
 
-async def _serve(sock: socket.socket, uses_uvloop: bool, concurrency: int = 1) -> int:
+async def _serve(sock: socket.socket, uses_uvloop: bool, concurrency: int = 1, max_message: int = NO_LIMIT) -> int:
     loop = asyncio.get_running_loop()
-    server = CallServer(concurrency, Hello(os.getpid(), platform.python_version(), uses_uvloop))
+    hello = Hello(os.getpid(), platform.python_version(), uses_uvloop)
+    server = CallServer(concurrency, hello, max_message=max_message)
     await loop.connect_accepted_socket(lambda: server, sock)
     assert server.closed is not None
     await server.closed
@@ -478,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--ppid", type=int, default=0)
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--max-message", type=int, default=NO_LIMIT)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.ppid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -490,7 +506,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     asyncio.set_event_loop(loop)
     code = 1
     try:
-        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency)))
+        # The pool's options allow no limit under 64 KiB; an error report needs that much.
+        limit = max(2**16, args.max_message)
+        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit))
         _cancel_leftovers(loop)
     finally:
         _exit(code)

@@ -17,6 +17,11 @@ field. :class:`FrameWriter` batches frames for one gathered write, sending segme
 decodes frames in place from one receive buffer and reads large segments straight from
 the kernel into a ``bytearray`` of their own; :class:`FrameProtocol` is the asyncio
 protocol that does both over a socket.
+
+Sizes on the wire come from the peer and are not trusted: a parser rejects a frame or a
+segment over its ``max_message`` before allocating anything for it, and allocates for a
+frame or segment still on its way at most :data:`READ_AHEAD` bytes beyond what arrived
+(growing as the rest comes), so a header that lies costs nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ __all__ = [
     "HEADER",
     "LARGE",
     "MAX_FRAME",
+    "NO_LIMIT",
+    "READ_AHEAD",
     "Buffer",
     "FrameParser",
     "FrameProtocol",
@@ -52,13 +59,27 @@ LARGE: Final = 64 * 1024
 MAX_FRAME: Final = 2**32 - 1
 #: The frame header: the message's length, u32 little-endian.
 HEADER: Final = struct.Struct("<I")
+#: The default ``max_message``: no real message comes near it (a trusted peer's bound).
+NO_LIMIT: Final = 2**48
+#: The most a parser allocates beyond the bytes that arrived, for a frame or a segment
+#: whose length is known but whose bytes have not all come.
+READ_AHEAD: Final = 1024 * 1024
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 class WireError(Exception):
-    """The byte stream broke the protocol (bad length, undecodable frame): the channel
-    cannot be trusted any more and should be closed."""
+    """The byte stream broke the protocol (a length over the limit, an undecodable
+    frame): the channel cannot be trusted any more and should be closed.
+
+    Attributes:
+        messages: the messages completed before the bad frame (the parser that raised
+            returns them nowhere else); they were sent in good order and can be used.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.messages: list[Any] = []
 
 
 class Message(msgspec.Struct, array_like=True, gc=False):
@@ -81,12 +102,15 @@ class FrameWriter:
 
     Small frames are appended back to back into one ``bytearray`` (``encode_into``, no
     intermediate ``bytes``); an out-of-band segment of :data:`LARGE` bytes or more is
-    kept as a view of the caller's memory and never copied.
+    kept as a view of the caller's memory and never copied. ``max_message`` bounds a
+    frame's message and each segment (the receiving parser's limit), so a message too
+    big for the peer fails here as a SerializationError instead of breaking the channel.
     """
 
-    __slots__ = ("_chunks", "_encoder", "_out", "_size")
+    __slots__ = ("_chunks", "_encoder", "_max", "_out", "_size")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_message: int = NO_LIMIT) -> None:
+        self._max = max_message
         self._encoder = msgspec.msgpack.Encoder()
         self._out = bytearray()
         self._chunks: list[Buffer] = []
@@ -100,7 +124,7 @@ class FrameWriter:
         """Append one frame. In a segmented message, ``msg.bufs`` holds the buffers
         themselves (bytes-like objects); they go on the wire as their lengths plus
         trailing segments. Raises SerializationError when the message cannot be encoded
-        (the writer is left unchanged)."""
+        or is over ``max_message`` (the writer is left unchanged)."""
         out = self._out
         start = len(out)
         out += b"\0\0\0\0"
@@ -108,7 +132,7 @@ class FrameWriter:
         views: list[memoryview] = []
         try:
             if bufs:
-                views = [_flat(b) for b in bufs]
+                views = [_flat(b, self._max) for b in bufs]
                 msg.bufs = [v.nbytes for v in views]  # type: ignore[attr-defined]
                 try:
                     self._encoder.encode_into(msg, out, -1)
@@ -123,9 +147,13 @@ class FrameWriter:
             del out[start:]
             raise SerializationError(f"cannot encode {type(msg).__name__}: {exc}") from exc
         n = len(out) - start - 4
-        if n > MAX_FRAME:
+        limit = min(MAX_FRAME, self._max)
+        if n > limit:
             del out[start:]
-            raise SerializationError(f"a {type(msg).__name__} frame of {n} bytes is too large")
+            what = " (max_message_size)" if limit == self._max else ""
+            raise SerializationError(
+                f"a {type(msg).__name__} message of {n} bytes is over the limit of {limit} bytes{what}"
+            )
         HEADER.pack_into(out, start, n)
         for v in views:
             if v.nbytes < LARGE:
@@ -150,13 +178,16 @@ class FrameWriter:
         return chunks
 
 
-def _flat(b: Any) -> memoryview:
-    """A 1-D unsigned-byte view of any C-contiguous buffer (raises TypeError else)."""
+def _flat(b: Any, limit: int = NO_LIMIT) -> memoryview:
+    """A 1-D unsigned-byte view of any C-contiguous buffer (raises TypeError else);
+    raises SerializationError when it is not contiguous or over ``limit`` bytes."""
     v = b if type(b) is memoryview else memoryview(b)
     if v.ndim != 1 or v.format != "B":
         if not v.c_contiguous:
             raise SerializationError("cannot send a non-contiguous buffer out of band")
         v = v.cast("B")
+    if v.nbytes > limit:
+        raise SerializationError(f"a buffer of {v.nbytes} bytes is over the limit of {limit} bytes (max_message_size)")
     return v
 
 
@@ -179,7 +210,13 @@ class FrameParser(Generic[M]):
     A segmented message is returned once all its segments arrived, with ``msg.bufs``
     replaced by those ``bytearray`` objects.
 
-    Raises :class:`WireError` on a malformed stream.
+    ``max_message`` bounds a frame's message and each segment, in bytes: a length over it
+    raises :class:`WireError` before anything is allocated for it. Within the bound,
+    memory follows the bytes that arrived (plus :data:`READ_AHEAD`), not the lengths
+    announced.
+
+    Raises :class:`WireError` on a malformed stream (its ``messages`` are those completed
+    before the bad frame); the parser must not be used after that.
     """
 
     __slots__ = (
@@ -189,19 +226,27 @@ class FrameParser(Generic[M]):
         "_direct",
         "_end",
         "_fill",
+        "_max",
         "_msg",
         "_need",
         "_seg",
         "_segs",
+        "_segsize",
         "_sizes",
         "_start",
     )
 
     _MIN_FREE: Final = 16 * 1024
 
-    def __init__(self, decoder: msgspec.msgpack.Decoder[M], *, bufsize: int = 256 * 1024) -> None:
+    def __init__(
+        self, decoder: msgspec.msgpack.Decoder[M], *, bufsize: int = 256 * 1024, max_message: int = NO_LIMIT
+    ) -> None:
+        """Raises ValueError when ``max_message`` is below 1."""
+        if max_message < 1:
+            raise ValueError(f"max_message must be >= 1, got {max_message!r}")
         self._decoder = decoder
         self._bufsize = bufsize
+        self._max = max_message
         self._buf = bytearray(bufsize)
         self._start = 0
         self._end = 0
@@ -209,9 +254,15 @@ class FrameParser(Generic[M]):
         self._msg: Any = None  # message waiting for its segments
         self._sizes: list[int] = []
         self._segs: list[bytearray] = []
-        self._seg: bytearray | None = None
+        self._seg: bytearray | None = None  # the segment being filled: grows up to _segsize
+        self._segsize = 0
         self._fill = 0
         self._direct = False
+
+    @property
+    def max_message(self) -> int:
+        """The largest frame message or segment accepted, in bytes."""
+        return self._max
 
     @property
     def pending(self) -> int:
@@ -219,7 +270,8 @@ class FrameParser(Generic[M]):
         return self._end - self._start + (self._fill if self._seg is not None else 0)
 
     def feed(self, data: Buffer) -> list[M]:
-        """Consume a chunk of the stream; return the messages it completed."""
+        """Consume a chunk of the stream; return the messages it completed. Raises
+        WireError (with every message completed before the bad frame)."""
         out: list[M] = []
         with memoryview(data) as mv:
             pos, n = 0, mv.nbytes
@@ -229,17 +281,25 @@ class FrameParser(Generic[M]):
                 dst[:k] = mv[pos : pos + k]
                 dst.release()
                 pos += k
-                out.extend(self.buffer_updated(k))
+                try:
+                    out.extend(self.buffer_updated(k))
+                except WireError as exc:
+                    exc.messages[:0] = out
+                    raise
         return out
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where the next bytes of the stream should be written (``BufferedProtocol``)."""
         seg = self._seg
-        if seg is not None and len(seg) - self._fill >= LARGE:
-            # The receive buffer is empty whenever a segment is open (see _parse): let
-            # the kernel write into the segment directly.
-            self._direct = True
-            return memoryview(seg)[self._fill :]
+        if seg is not None:
+            fill = self._fill
+            if self._segsize - fill >= LARGE:
+                # The receive buffer is empty whenever a segment is open (see _parse): let
+                # the kernel write into the segment directly, a read-ahead at a time.
+                if len(seg) - fill < LARGE:
+                    seg = self._seg = _grow(seg, min(self._segsize, fill + READ_AHEAD) - len(seg))
+                self._direct = True
+                return memoryview(seg)[fill:]
         self._direct = False
         buf, start, end = self._buf, self._start, self._end
         pending = end - start
@@ -247,25 +307,26 @@ class FrameParser(Generic[M]):
             self._start = self._end = start = end = 0
             if len(buf) > self._bufsize and not self._need:
                 buf = self._buf = bytearray(self._bufsize)  # a huge frame passed: shrink
-        required = max(self._need, pending + self._MIN_FREE)
+        # Room for the whole frame being assembled, but never more than a read-ahead past
+        # what has arrived: its length is the peer's word.
+        required = max(min(self._need, pending + READ_AHEAD), pending + self._MIN_FREE)
         if len(buf) - start < required:
-            if len(buf) >= required:
+            if start:
                 buf[:pending] = buf[start:end]  # compact: only a partial frame moves
-            else:
-                new = bytearray(max(required, self._bufsize))
-                new[:pending] = buf[start:end]
-                self._buf = buf = new
-            self._start, self._end = 0, pending
-            end = pending
+                self._start, self._end = 0, pending
+                end = pending
+            if len(buf) < required:
+                buf = self._buf = _grow(buf, max(required, self._bufsize) - len(buf))
         return memoryview(buf)[end:]
 
     def buffer_updated(self, nbytes: int) -> list[M]:
-        """``nbytes`` were written into the last :meth:`get_buffer`; return new messages."""
+        """``nbytes`` were written into the last :meth:`get_buffer`; return new messages.
+        Raises WireError on a malformed stream."""
         if self._direct:
             self._direct = False
             self._fill += nbytes
             out: list[M] = []
-            if self._seg is not None and self._fill == len(self._seg):
+            if self._seg is not None and self._fill == self._segsize:
                 self._next_segment(out)
             return out
         self._end += nbytes
@@ -273,19 +334,31 @@ class FrameParser(Generic[M]):
 
     def _parse(self) -> list[M]:
         out: list[M] = []
+        try:
+            self._parse_into(out)
+        except WireError as exc:
+            exc.messages = out
+            raise
+        return out
+
+    def _parse_into(self, out: list[M]) -> None:
         buf, start, end = self._buf, self._start, self._end
         decode = self._decoder.decode
         unpack = HEADER.unpack_from
+        limit = self._max
         with memoryview(buf) as mv:
             while True:
                 seg = self._seg
                 if seg is not None:
-                    take = min(end - start, len(seg) - self._fill)
+                    fill = self._fill
+                    take = min(end - start, self._segsize - fill)
                     if take:
-                        seg[self._fill : self._fill + take] = mv[start : start + take]
-                        self._fill += take
+                        # Grows the segment when the bytes arrived here, not through
+                        # get_buffer's read-ahead.
+                        seg[fill : fill + take] = mv[start : start + take]
+                        self._fill = fill = fill + take
                         start += take
-                    if self._fill < len(seg):
+                    if fill < self._segsize:
                         self._need = 0
                         break  # everything received went into the segment
                     self._next_segment(out)
@@ -295,6 +368,8 @@ class FrameParser(Generic[M]):
                     self._need = 0
                     break
                 (n,) = unpack(buf, start)
+                if n > limit:
+                    raise WireError(f"a frame of {n} bytes is over the limit of {limit} bytes")
                 if avail - 4 < n:
                     self._need = 4 + n
                     break
@@ -308,28 +383,49 @@ class FrameParser(Generic[M]):
                 else:
                     out.append(msg)
         self._start = start
-        return out
 
     def _open_segments(self, msg: Any) -> None:
         sizes = msg.bufs
-        if not all(type(s) is int and 0 <= s < 2**48 for s in sizes):
-            raise WireError(f"bad segment lengths in {type(msg).__name__}: {sizes!r}")
+        for s in sizes:
+            if type(s) is not int or s < 0:
+                raise WireError(f"bad segment lengths in {type(msg).__name__}: {sizes!r}")
+            if s > self._max:
+                raise WireError(f"a segment of {s} bytes is over the limit of {self._max} bytes")
         self._msg, self._sizes, self._segs = msg, sizes, []
-        self._seg, self._fill = bytearray(sizes[0]), 0
+        self._open_segment(sizes[0])
+
+    def _open_segment(self, size: int) -> None:
+        # A read-ahead at most: the rest is allocated as it arrives.
+        self._seg, self._segsize, self._fill = bytearray(min(size, READ_AHEAD)), size, 0
 
     def _next_segment(self, out: list[M]) -> None:
-        assert self._seg is not None
-        self._segs.append(self._seg)
-        i = len(self._segs)
-        if i < len(self._sizes):
-            self._seg, self._fill = bytearray(self._sizes[i]), 0
-            if self._sizes[i] == 0:
-                self._next_segment(out)
-            return
+        """The open segment is complete: open the next one (skipping empty ones), or
+        return the message once it has them all."""
+        while True:
+            assert self._seg is not None
+            self._segs.append(self._seg)
+            i = len(self._segs)
+            if i == len(self._sizes):
+                break
+            self._open_segment(self._sizes[i])
+            if self._segsize:
+                return
         msg = self._msg
         msg.bufs = self._segs
-        self._msg, self._seg, self._segs, self._sizes, self._fill = None, None, [], [], 0
+        self._msg, self._seg, self._segs, self._sizes, self._fill, self._segsize = None, None, [], [], 0, 0
         out.append(msg)
+
+
+def _grow(b: bytearray, n: int) -> bytearray:
+    """``b`` with ``n`` more (zero) bytes: in place, where CPython's over-allocation keeps
+    growing by read-aheads cheap; a copy if a view of ``b`` is still held somewhere."""
+    try:
+        b += bytes(n)
+    except BufferError:
+        new = bytearray(len(b) + n)
+        new[: len(b)] = b
+        return new
+    return b
 
 
 class FrameProtocol(asyncio.BufferedProtocol, Generic[M]):

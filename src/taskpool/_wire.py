@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import msgspec
 
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
-from taskpool._frames import LARGE, Buffer, FrameParser, FrameProtocol, Message, WireError
+from taskpool._frames import LARGE, NO_LIMIT, Buffer, FrameParser, FrameProtocol, Message, WireError
 from taskpool._functions import FnDef, FnRef, FnValue, FunctionTable, define_function, load_function
 
 __all__ = [
@@ -233,14 +233,16 @@ ToChild: TypeAlias = Call | Cancel | Shutdown
 ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish
 
 
-def child_parser() -> FrameParser[ToChild]:
-    """A parser for the parent-to-child direction (used by the worker)."""
-    return FrameParser(msgspec.msgpack.Decoder(ToChild))
+def child_parser(*, max_message: int = NO_LIMIT) -> FrameParser[ToChild]:
+    """A parser for the parent-to-child direction (used by the worker, which trusts its
+    parent: no practical bound by default). Raises ValueError when ``max_message`` < 1."""
+    return FrameParser(msgspec.msgpack.Decoder(ToChild), max_message=max_message)
 
 
-def parent_parser() -> FrameParser[ToParent]:
-    """A parser for the child-to-parent direction (used by the pool)."""
-    return FrameParser(msgspec.msgpack.Decoder(ToParent))
+def parent_parser(*, max_message: int = NO_LIMIT) -> FrameParser[ToParent]:
+    """A parser for the child-to-parent direction (used by the pool, with the pool's
+    ``max_message_size``). Raises ValueError when ``max_message`` < 1."""
+    return FrameParser(msgspec.msgpack.Decoder(ToParent), max_message=max_message)
 
 
 # --------------------------------------------------------------------------- payloads

@@ -10,14 +10,22 @@ Parent side of the channel (the child side is :mod:`taskpool._child`, the messag
     _Channel.buffer_updated ◄── Loading / Started / Result / Error / Publish (batched frames)
        └─ host.task_started / task_finished (with the child's times) / worker_publish,
           then host.batch_done()
-    stdout / stderr pipes ──► lines ──► host.worker_log (structlog + worker.log events,
-                                        and the worker's file under log_dir)
+    stdout / stderr pipes ──► chunks ──► lines ──► host.worker_log (structlog + worker.log
+                                        events, and the worker's file under log_dir)
 
 Stopping work for real: ``cancel`` sends ``Cancel(id)``; an async call is cancelled in
 the child. A sync call cannot be interrupted, so its worker is killed at once (and an
 async call that does not stop within ``CANCEL_GRACE`` seconds too); the pool replaces
 the worker. A worker that dies mid-call surfaces as ``WorkerCrashed`` with its exit code
 or signal; unstarted calls it held go back to the pool's queue.
+
+A worker is not trusted to behave: a frame or segment over ``spec.max_message_size``, an
+undecodable frame or one meant for the other direction kills it (nothing is allocated
+for it first), and so does silence: a worker handed a call while it ran nothing must
+answer (any frame) within ``START_DEADLINE`` seconds, or it is deemed frozen (a stopped
+process, a wedged interpreter) and killed, its unstarted calls going back to the queue.
+Output is read in chunks and split into lines by the pool, a line longer than
+``_spawn.MAX_LINE`` bytes in pieces of at most that, so no byte of it is lost.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -37,13 +46,13 @@ from .. import _wire
 from .._errors import SerializationError
 from .._frames import FrameProtocol, WireError
 from .._functions import FunctionTable
-from .._spawn import spawn_child
+from .._spawn import read_lines, spawn_child
 from ._base import CancelResult, Capabilities, Worker, WorkerExit, log_path
 
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["CANCEL_GRACE", "START_TIMEOUT", "ProcessWorker"]
+__all__ = ["CANCEL_GRACE", "START_DEADLINE", "START_TIMEOUT", "ProcessWorker"]
 
 #: Seconds an async call has to stop after Cancel before its worker is killed.
 CANCEL_GRACE = 1.0
@@ -54,24 +63,36 @@ STOP_GRACE = 5.0
 #: Seconds to read, after a worker died, what it wrote before dying (EOF normally comes at
 #: once; a process it forked may hold the socket open, and then it never comes).
 DRAIN_TIMEOUT = 1.0
+#: Seconds a worker that runs nothing has to answer (any frame) once a call was handed to
+#: it; silent longer, it is deemed frozen (e.g. SIGSTOPped) and killed.
+START_DEADLINE = 5.0
 
 
 class _Channel(FrameProtocol[_wire.ToParent]):
     """The parent's end of one worker's channel: dispatches messages to the worker."""
 
     def __init__(self, worker: ProcessWorker) -> None:
-        super().__init__(_wire.parent_parser())
+        super().__init__(_wire.parent_parser(max_message=worker.spec.max_message_size))
         self.worker = worker
 
     def buffer_updated(self, nbytes: int) -> None:
         w = self.worker
+        w._disarm_deadline()  # any byte from the worker proves it alive
         try:
             messages = self.parser.buffer_updated(nbytes)
         except WireError as exc:
-            w._protocol_error(exc)
+            # What came before the bad frame is sound: a Started there decides that its
+            # call crashed here rather than being requeued to break the next worker too.
+            for msg in exc.messages:
+                w._on_message(msg)
+            w._kill_for(f"channel broken: {exc}")
+            if self.transport is not None:
+                self.transport.abort()  # nothing after a bad frame can be trusted
+            w.host.batch_done()
             return
         for msg in messages:
             w._on_message(msg)
+        w._arm_deadline()
         if messages:
             w.host.batch_done()
 
@@ -112,6 +133,9 @@ class ProcessWorker(Worker):
         self._stop_timer: asyncio.TimerHandle | None = None
         self._ended = False  # run() returned: no timer may be started any more
         self._logfile: IO[str] | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # see START_DEADLINE
+        self._unsent_seen: int | None = None  # bytes still to write to it at the last deadline
+        self._broken: str | None = None  # why we killed it (bad frame, frozen)
 
     @property
     def pid(self) -> int | None:
@@ -123,13 +147,19 @@ class ProcessWorker(Worker):
         loop = self.host.loop
         self._hello = loop.create_future()
         try:
-            proc, channel = await spawn_child(functools.partial(_Channel, self), concurrency=self.spec.concurrency)
+            proc, channel = await spawn_child(
+                functools.partial(_Channel, self),
+                concurrency=self.spec.concurrency,
+                max_message=self.spec.max_message_size,
+            )
         except BaseException:
             self._end_timers()
             raise
         self._proc, self._channel = proc, channel
         self._pid = proc.pid
-        if self._stopping:  # stop() came while we were spawning: it could not be sent then
+        if self._killed:  # kill() came (or a bad first frame) while we were spawning
+            self.kill()
+        elif self._stopping:  # stop() came while we were spawning: it could not be sent then
             self._write(_wire.Shutdown())
         self._logfile = self._open_log()
         try:
@@ -191,6 +221,7 @@ class ProcessWorker(Worker):
         if self._stop_timer is not None:
             self._stop_timer.cancel()
             self._stop_timer = None
+        self._disarm_deadline()
 
     @staticmethod
     async def _drain(channel: _Channel) -> None:
@@ -221,30 +252,31 @@ class ProcessWorker(Worker):
     def _exit_info(self, rc: int | None) -> WorkerExit:
         if self._retired:
             return WorkerExit(failed=False, reason="retired", exitcode=rc)
-        if rc is not None and rc < 0:
-            sig = -rc
+        sig = -rc if rc is not None and rc < 0 else None
+        if sig is not None:
             try:
                 name = signal.Signals(sig).name
             except ValueError:
                 name = str(sig)
-            return WorkerExit(failed=not self._stopping, reason=f"killed by {name}", signal=sig)
-        if rc == 0 and self._stopping:
-            return WorkerExit(failed=False, reason="stopped", exitcode=0)
-        return WorkerExit(failed=True, reason=f"exited with code {rc}", exitcode=rc)
+            reason, failed, rc = f"killed by {name}", not self._stopping, None
+        elif rc == 0 and self._stopping:
+            reason, failed = "stopped", False
+        else:
+            reason, failed = f"exited with code {rc}", True
+        if self._broken is not None:  # we killed it for misbehaving: say why
+            reason, failed = f"{self._broken} ({reason})", True
+        return WorkerExit(failed=failed, reason=reason, exitcode=rc, signal=sig)
 
     async def _read_lines(self, stream: asyncio.StreamReader, name: str) -> None:
         host, logfile = self.host, self._logfile
-        while True:
-            try:
-                raw = await stream.readline()
-            except ValueError:  # a line longer than the reader's limit: take what is there
-                raw = await stream.read(64 * 1024)
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        prefix = "" if name == "stdout" else "[stderr] "
+
+        def emit(line: str) -> None:
             if logfile is not None:
-                logfile.write(f"{line}\n" if name == "stdout" else f"[stderr] {line}\n")
+                logfile.write(f"{prefix}{line}\n")
             host.worker_log(self, name, line)
+
+        await read_lines(stream, emit)
 
     # --- messages from the child ---------------------------------------------------------
 
@@ -328,12 +360,56 @@ class ProcessWorker(Worker):
         if h is not None:
             h.cancel()
 
-    def _protocol_error(self, exc: Exception) -> None:
-        self.host.worker_log(self, "stderr", f"taskpool: channel broken: {exc}")
+    def _say(self, line: str) -> None:
+        """Report ``line`` on the worker's stderr stream (and in its log file)."""
+        if self._logfile is not None:
+            self._logfile.write(f"[stderr] {line}\n")
+        self.host.worker_log(self, "stderr", line)
+
+    def _kill_for(self, why: str) -> None:
+        """Kill a worker that misbehaved (its running calls fail as crashed, with ``why``)."""
+        if self._broken is None:
+            self._broken = why
+            self._say(f"taskpool: {why}; killing worker")
         self.kill()
+
+    # --- liveness: START_DEADLINE --------------------------------------------------------
+
+    def _disarm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _arm_deadline(self, unsent_seen: int | None = None) -> None:
+        """Start the deadline if the worker holds calls but runs none: it must answer at
+        once. A worker running a call (however long) is never timed here."""
+        if self._deadline is None and self._calls and not self._running and not (self._ended or self._killed):
+            self._unsent_seen = unsent_seen
+            self._deadline = self.host.loop.call_later(START_DEADLINE, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if not self._calls or self._running or self._ended or self._killed:
+            return
         channel = self._channel
-        if channel is not None and channel.transport is not None:
-            channel.transport.abort()  # nothing after a bad frame can be trusted
+        if channel is not None and _readable(channel):
+            self._arm_deadline()  # its frames wait unread (our loop was late): it is alive
+            return
+        unsent = self._unsent()
+        if unsent and (self._unsent_seen is None or unsent < self._unsent_seen):
+            # A call too large for the socket's buffers is still being written: another
+            # deadline, for as long as the worker keeps reading it.
+            self._arm_deadline(unsent)
+            return
+        self._kill_for(f"no answer within {START_DEADLINE} s of being handed a call while idle: frozen")
+
+    def _unsent(self) -> int:
+        """Bytes queued for the worker that it has not read yet (ours, in the transport)."""
+        channel = self._channel
+        if channel is None or channel.transport is None:
+            return 0
+        backlog = sum(v.nbytes for v in channel._backlog)
+        return len(channel.writer) + channel.transport.get_write_buffer_size() + backlog
 
     # --- the pool's side -----------------------------------------------------------------
 
@@ -353,6 +429,7 @@ class ProcessWorker(Worker):
         if _wire.is_async_callable(task.fn):  # known now: a settled task's fn is gone
             self._async_calls.add(task.id)
         channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop))
+        self._arm_deadline()
 
     def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
         if isinstance(exc, WireError):
@@ -382,7 +459,7 @@ class ProcessWorker(Worker):
     def _retire_now(self, why: str) -> None:
         """Kill the worker for work that cannot be stopped otherwise; the pool replaces
         it at once (a retirement, not a failure)."""
-        self.host.worker_log(self, "stderr", f"taskpool: {why}; killing worker")
+        self._say(f"taskpool: {why}; killing worker")
         self._retired = True
         self.kill()
 
@@ -453,6 +530,17 @@ class ProcessWorker(Worker):
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _readable(channel: _Channel) -> bool:
+    """Bytes from the worker (or its EOF) wait unread in the channel's socket."""
+    t = channel.transport
+    sock = t.get_extra_info("socket") if t is not None else None
+    if sock is None or not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:
