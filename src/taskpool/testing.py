@@ -46,7 +46,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import TypeVar, overload
 
 __all__ = ["Gate", "block_gate", "wait_gate"]
 
@@ -94,9 +94,8 @@ class Gate:
         self._all: bytes | None = None
         self._parked: dict[str, list[asyncio.Future[bytes]]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
-        self._live: set[asyncio.BaseTransport] = set()  # connections not closed yet
         self._changed: asyncio.Event | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
         self._entered = False
 
     def __repr__(self) -> str:
@@ -108,14 +107,20 @@ class Gate:
         self._entered = True
         self._dir = tempfile.mkdtemp(prefix="tpg-")  # short: Unix socket paths are limited
         self._changed = asyncio.Event()
+        # A listening socket of our own, accepted synchronously on readiness: every
+        # connection is tracked from the moment it exists (asyncio's server on Python 3.11
+        # leaks a socket whose accept completes after the server closed).
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_unix_server(
-                lambda: _Tracked(asyncio.StreamReader(), self._handle, self._live), self.path
-            )
+            listener.bind(self.path)
+            listener.listen(128)
+            listener.setblocking(False)
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
         except BaseException:
+            listener.close()
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
+        self._listener = listener
         return self
 
     async def __aexit__(
@@ -123,30 +128,49 @@ class Gate:
     ) -> None:
         self.open()
         try:
-            # Let accepts already under way finish first: on Python 3.11 one that
-            # completes after the server closed leaks its socket (fixed in 3.12).
-            for _ in range(5):
-                await asyncio.sleep(0)
-            if self._server is not None:
-                self._server.close()
-            # A connection accepted just before the close starts its handler in a later
-            # callback: let those run, then wait for every handler to reply and close.
-            for _ in range(3):
-                await asyncio.sleep(0)
-                pending = {t for t in self._handlers if not t.done()}
-                if not pending:
-                    break
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                asyncio.get_running_loop().remove_reader(listener.fileno())
+                listener.close()
+            pending = {t for t in self._handlers if not t.done()}
+            if pending:
                 _, late = await asyncio.wait(pending, timeout=self.timeout)
                 for t in late:
                     t.cancel()  # its ``finally`` closes the connection
                 if late:
                     await asyncio.wait(late, timeout=1.0)
-            for transport in list(self._live):  # a connection whose handler never ran
-                transport.close()
-            if self._server is not None:
-                await self._server.wait_closed()
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # closed under us
+                return
+            conn.setblocking(False)
+            task = loop.create_task(self._serve(conn))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn)
+            await self._handle(reader, writer)
+        finally:
+            if writer is None:
+                conn.close()  # never wrapped: close the bare socket
+            else:
+                writer.close()
+                with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                    await writer.wait_closed()  # also collects a broken pipe's error
 
     # --- what the test sees ------------------------------------------------------------
 
@@ -253,9 +277,6 @@ class Gate:
         self._changed = asyncio.Event()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        me = asyncio.current_task()
-        assert me is not None
-        self._handlers.add(me)
         try:
             tag = (await reader.readline()).decode().strip()
             self._arrivals.append(tag)
@@ -278,31 +299,6 @@ class Gate:
             await writer.drain()
         except ConnectionError:
             pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()  # also collects a broken pipe's error
-            self._handlers.discard(me)
-
-
-class _Tracked(asyncio.StreamReaderProtocol):
-    """A stream protocol that keeps its transport in ``live`` while it is open, so the
-    gate closes every connection it accepted, even one whose handler never started."""
-
-    def __init__(self, reader: asyncio.StreamReader, cb: Any, live: set[asyncio.BaseTransport]) -> None:
-        super().__init__(reader, cb)
-        self._live = live
-        self._conn: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._conn = transport
-        self._live.add(transport)
-        super().connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._conn is not None:
-            self._live.discard(self._conn)
-        super().connection_lost(exc)
 
 
 # --- what a task runs: module-level, so a process worker imports them by reference ----------
