@@ -227,6 +227,27 @@ async def test_a_cancelled_task_in_a_workers_window_never_runs(kind: str, tmp_pa
     assert all(t.record.started_at is None for t in victims)
 
 
+async def test_a_cancelled_task_behind_a_blocking_call_never_runs(offloop_kind: str, tmp_path: Any) -> None:
+    # The calls reach the worker together; it blocks in plain code on the first while the
+    # others are cancelled: it must see the cancels before it starts the next call.
+    marker = str(tmp_path / "ran")
+    async with FunctionPool(1, worker=offloop_kind) as pool, Gate() as gate:
+        for _ in range(20):  # short calls open an adaptive window
+            await pool.add_task(f.add, 1, 1)
+        blocker = pool.add_task(f.block_gate, gate.path, "b")
+        victims = [pool.add_task(f.mark, f"{marker}-{i}") for i in range(5)]
+        kept = pool.add_task(f.add, 2, 2)
+        assert pool.status("active") == 7  # all handed to the worker at once
+        await gate.arrived("b")
+        assert all(t.cancel() for t in victims)
+        for _ in range(3):
+            await asyncio.sleep(0)  # loop turns: the pool writes the cancels out
+        gate.release("b")
+        await blocker
+        assert await kept == 4
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("ran")]
+
+
 async def test_cancelling_many_submitted_calls_runs_none_of_the_cancelled(kind: str, tmp_path: Any) -> None:
     async with FunctionPool(2, worker=kind) as pool, Gate() as gate:
         blockers = [pool.add_task(f.wait_gate, gate.path, f"b{i}") for i in range(2)]

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 from taskpool._context import TaskContext, current
+from taskpool._control import ControlCounter
 from taskpool._errors import SerializationError
 from taskpool._frames import NO_LIMIT, FrameProtocol, FrameWriter, WireError
 from taskpool._functions import FnDef, load_function
@@ -119,9 +120,20 @@ class CallServer(FrameProtocol[ToChild]):
     getting the worker killed for breaking the channel.
     """
 
-    def __init__(self, concurrency: int = 1, hello: Hello | None = None, *, max_message: int = NO_LIMIT) -> None:
+    def __init__(
+        self,
+        concurrency: int = 1,
+        hello: Hello | None = None,
+        *,
+        max_message: int = NO_LIMIT,
+        control: ControlCounter | None = None,
+    ) -> None:
         super().__init__(child_parser())
         self.writer = FrameWriter(max_message=max_message)
+        # The pool's count of control frames (Cancel, Shutdown) sent, and ours of those read:
+        # while the pool is ahead, a control frame for a queued call waits in the socket.
+        self.control = control
+        self.controls_read = 0
         self.hello = hello  # the first frame, queued as soon as the channel is up
         self.queue: deque[_Job] = deque()
         # Async calls running at once (at most ``concurrency``): id -> (job, task). A sync
@@ -136,6 +148,7 @@ class CallServer(FrameProtocol[ToChild]):
         self._main_thread = threading.get_ident()
         # _poll(0) is truthy when bytes wait unread in the socket (see _unread_probe).
         self._poll: Callable[[int], object] = _nothing_unread
+        self._fd = -1  # the channel's fd, read directly by _read_now
         self._publish = self.publish  # one bound method for every call's TaskContext
         self._offered = 0  # size of the last receive buffer handed to the loop
 
@@ -144,6 +157,8 @@ class CallServer(FrameProtocol[ToChild]):
         in the socket would otherwise close the channel before the handshake)."""
         super().connection_made(transport)
         self._poll = _unread_probe(transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         if self.hello is not None:
             self.send(self.hello)
 
@@ -173,8 +188,10 @@ class CallServer(FrameProtocol[ToChild]):
                 self.fns.pop(fn_id, None)
         elif t is Cancel:
             assert isinstance(msg, Cancel)
+            self.controls_read += 1
             self._cancel(msg.id, msg.queued_only)
         else:
+            self.controls_read += 1
             self._shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -229,15 +246,42 @@ class CallServer(FrameProtocol[ToChild]):
         With ``check`` (frames may have arrived since the socket was last read), and
         after every call that blocked the loop, first make sure no frame waits unread.
         """
+        control = self.control
         while len(self.running) < self.limit and self.queue and not self.lost:
-            if check and self._poll(0):
-                # A Cancel or Shutdown for the next call may be waiting: read it first.
-                # The loop's read callback comes this iteration and pumps again; a pump
-                # scheduled with call_soon would run before it (asyncio and uvloop alike).
+            if control is not None:
+                # The pool sent a control frame we have not read: read it before starting.
+                if control.read() > self.controls_read and (
+                    not self._read_now() or control.read() > self.controls_read
+                ):
+                    return  # not in the socket yet (or the stream ended): the loop reads it
+            elif check and self._poll(0) and not self._read_now():
+                # No shared counter: ask the socket. A Cancel or Shutdown for the next call
+                # may be waiting that could not be read here (the end of the stream, an
+                # error): the loop's read callback handles it and pumps again.
                 return
-            check = self._run(self.queue.popleft())
+            if self.queue:
+                check = self._run(self.queue.popleft())
         if self.stopping and not self.running:
             self._close()
+
+    def _read_now(self) -> bool:
+        """Read what waits in the socket and take in its frames, without a loop turn
+        (a steady stream of calls would otherwise cost one turn per call). False when
+        that cannot be done here: the loop's own read must see the end or the error."""
+        buf = self.parser.get_buffer(-1)
+        try:
+            n = os.readv(self._fd, [buf])
+        except (BlockingIOError, InterruptedError):
+            return True  # nothing after all
+        except OSError:
+            return False
+        finally:
+            buf.release()
+        if n == 0:
+            return False
+        for msg in self.parser.buffer_updated(n):
+            self.message_received(msg)
+        return True
 
     def _run(self, job: _Job) -> bool:
         """Start ``job``; True when it ran to its end here, blocking the loop (a sync
@@ -464,10 +508,16 @@ def _die_with_parent(ppid: int) -> None:
         os._exit(1)  # the parent died before we could ask to die with it
 
 
-async def _serve(sock: socket.socket, uses_uvloop: bool, concurrency: int = 1, max_message: int = NO_LIMIT) -> int:
+async def _serve(
+    sock: socket.socket,
+    uses_uvloop: bool,
+    concurrency: int = 1,
+    max_message: int = NO_LIMIT,
+    control: ControlCounter | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     hello = Hello(os.getpid(), platform.python_version(), uses_uvloop)
-    server = CallServer(concurrency, hello, max_message=max_message)
+    server = CallServer(concurrency, hello, max_message=max_message, control=control)
     await loop.connect_accepted_socket(lambda: server, sock)
     assert server.closed is not None
     await server.closed
@@ -494,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--max-message", type=int, default=NO_LIMIT)
+    parser.add_argument("--control-fd", type=int, default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.ppid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -508,7 +559,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         # The pool's options allow no limit under 64 KiB; an error report needs that much.
         limit = max(2**16, args.max_message)
-        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit))
+        control = None
+        if args.control_fd is not None:
+            control = ControlCounter(args.control_fd)
+            control.close_fd()  # the mapping is what we read
+        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit, control))
         _cancel_leftovers(loop)
     finally:
         _exit(code)

@@ -70,11 +70,13 @@ def child_command(
     executable: str | None = None,
     concurrency: int = 1,
     max_message: int | None = None,
+    control_fd: int | None = None,
 ) -> list[str]:
     """The argv that starts a worker serving on inherited fd ``fd``.
 
     ``loop`` is ``"auto"`` (uvloop when importable), ``"uvloop"`` or ``"asyncio"``;
-    ``max_message`` is the largest message the parent accepts (None: no bound).
+    ``max_message`` is the largest message the parent accepts (None: no bound);
+    ``control_fd`` an inherited fd of the pool's control counter (see ``_control``).
     Raises ValueError for another ``loop``.
     """
     if loop not in ("auto", "uvloop", "asyncio"):
@@ -84,6 +86,8 @@ def child_command(
     options = ["--fd", str(fd), "--ppid", str(ppid), "--loop", loop, "--concurrency", str(concurrency)]
     if max_message is not None:
         options += ["--max-message", str(max_message)]
+    if control_fd is not None:
+        options += ["--control-fd", str(control_fd)]
     return [executable or sys.executable, *flags, "-c", _BOOTSTRAP, *options]
 
 
@@ -105,20 +109,24 @@ async def spawn_child(
     stderr: int | None = subprocess.PIPE,
     concurrency: int = 1,
     max_message: int | None = None,
+    control_fd: int | None = None,
 ) -> tuple[asyncio.subprocess.Process, P]:
     """Start a worker and connect ``protocol_factory()`` to its channel.
 
     Returns the process (its ``stdout``/``stderr`` are StreamReaders when piped) and the
     connected protocol; the worker's first frame will be :class:`~taskpool._wire.Hello`.
     ``max_message``: the largest message the worker may send (it refuses bigger ones
-    with a SerializationError). On failure nothing is left running; raises what spawning
+    with a SerializationError); ``control_fd``: the shared control counter's fd, inherited
+    by the worker. On failure nothing is left running; raises what spawning
     or connecting raised (OSError when the interpreter cannot be started).
     """
     parent_sock, child_sock = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *child_command(child_sock.fileno(), loop=loop, concurrency=concurrency, max_message=max_message),
-            pass_fds=(child_sock.fileno(),),
+            *child_command(
+                child_sock.fileno(), loop=loop, concurrency=concurrency, max_message=max_message, control_fd=control_fd
+            ),
+            pass_fds=(child_sock.fileno(),) if control_fd is None else (child_sock.fileno(), control_fd),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

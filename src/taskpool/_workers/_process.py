@@ -43,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .. import _wire
+from .._control import ControlCounter
 from .._errors import SerializationError
 from .._frames import FrameProtocol, WireError
 from .._functions import FunctionTable
@@ -77,7 +78,7 @@ class _Channel(FrameProtocol[_wire.ToParent]):
 
     def buffer_updated(self, nbytes: int) -> None:
         w = self.worker
-        w._disarm_deadline()  # any byte from the worker proves it alive
+        w._heard = True  # any byte from the worker proves it alive (see _watch)
         try:
             messages = self.parser.buffer_updated(nbytes)
         except WireError as exc:
@@ -92,7 +93,6 @@ class _Channel(FrameProtocol[_wire.ToParent]):
             return
         for msg in messages:
             w._on_message(msg)
-        w._arm_deadline()
         if messages:
             w.host.batch_done()
 
@@ -120,6 +120,8 @@ class ProcessWorker(Worker):
         self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
         self._returning: set[int] = set()  # cancelled only to be handed back unstarted
         self._running: set[int] = set()  # begun (loading or started), not yet answered
+        self._control: ControlCounter | None = None  # control frames sent, shared with the worker
+        self._async_fns: dict[int, bool] = {}  # function id (as the table holds it) -> async
         self._async_calls: set[int] = set()  # sent calls of coroutine functions (cancellable in the child)
         # Begun by loading its function (user code: it may kill the worker), not Started
         # yet: id -> when loading began. Reported as started only if it ends before Started.
@@ -133,8 +135,12 @@ class ProcessWorker(Worker):
         self._stop_timer: asyncio.TimerHandle | None = None
         self._ended = False  # run() returned: no timer may be started any more
         self._logfile: IO[str] | None = None
-        self._deadline: asyncio.TimerHandle | None = None  # see START_DEADLINE
-        self._unsent_seen: int | None = None  # bytes still to write to it at the last deadline
+        # Liveness (START_DEADLINE): a watchdog ticking a few times per deadline, fed by
+        # one flag per read, so the hot path pays no timer per call.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._heard = False  # bytes came from the worker since the last tick
+        self._quiet_since: float | None = None  # when it was first seen silent with calls to start
+        self._unsent_seen: int | None = None  # bytes still to write to it when last seen silent
         self._broken: str | None = None  # why we killed it (bad frame, frozen)
 
     @property
@@ -146,15 +152,22 @@ class ProcessWorker(Worker):
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         loop = self.host.loop
         self._hello = loop.create_future()
+        control = self._control = ControlCounter.create()
         try:
             proc, channel = await spawn_child(
                 functools.partial(_Channel, self),
                 concurrency=self.spec.concurrency,
                 max_message=self.spec.max_message_size,
+                control_fd=control.fd if control is not None else None,
             )
         except BaseException:
             self._end_timers()
+            if control is not None:
+                control.close()
             raise
+        finally:
+            if control is not None:
+                control.close_fd()  # the worker has its own copy; the mapping stays
         self._proc, self._channel = proc, channel
         self._pid = proc.pid
         if self._killed:  # kill() came (or a bad first frame) while we were spawning
@@ -188,6 +201,7 @@ class ProcessWorker(Worker):
                         signal=info.signal,
                     )
                 on_ready()
+                self._watch()  # the liveness watchdog, from now until the worker ends
                 await proc.wait()
                 await self._drain(channel)
                 self._report_loading()
@@ -215,13 +229,18 @@ class ProcessWorker(Worker):
         """``run`` is ending: cancel every timer (each would keep a closed pool's loop
         busy for seconds) and start none any more."""
         self._ended = True
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         for h in self._timers.values():
             h.cancel()
         self._timers.clear()
         if self._stop_timer is not None:
             self._stop_timer.cancel()
             self._stop_timer = None
-        self._disarm_deadline()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     @staticmethod
     async def _drain(channel: _Channel) -> None:
@@ -375,31 +394,35 @@ class ProcessWorker(Worker):
 
     # --- liveness: START_DEADLINE --------------------------------------------------------
 
-    def _disarm_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def _watch(self) -> None:
+        """Tick of the liveness watchdog (armed once the worker answered its handshake).
 
-    def _arm_deadline(self, unsent_seen: int | None = None) -> None:
-        """Start the deadline if the worker holds calls but runs none: it must answer at
-        once. A worker running a call (however long) is never timed here."""
-        if self._deadline is None and self._calls and not self._running and not (self._ended or self._killed):
-            self._unsent_seen = unsent_seen
-            self._deadline = self.host.loop.call_later(START_DEADLINE, self._deadline_passed)
-
-    def _deadline_passed(self) -> None:
-        self._deadline = None
-        if not self._calls or self._running or self._ended or self._killed:
+        A worker holding calls and running none must answer at once: silent for
+        ``START_DEADLINE`` seconds, it is frozen (a stopped process, say), and is killed:
+        its calls go back to the queue. A worker running a call, however long, is never
+        timed here, and any byte from it proves it alive.
+        """
+        every = START_DEADLINE / 5
+        self._watchdog = None if self._ended else self.host.loop.call_later(every, self._watch)
+        if self._heard or not self._calls or self._running or self._killed:
+            self._heard = False
+            self._quiet_since = self._unsent_seen = None
+            return
+        now = self.host.loop.time()
+        if self._quiet_since is None:
+            self._quiet_since = now
+            return
+        if now - self._quiet_since < START_DEADLINE:
             return
         channel = self._channel
         if channel is not None and _readable(channel):
-            self._arm_deadline()  # its frames wait unread (our loop was late): it is alive
+            self._quiet_since = None  # its frames wait unread (our loop was late): it is alive
             return
         unsent = self._unsent()
         if unsent and (self._unsent_seen is None or unsent < self._unsent_seen):
-            # A call too large for the socket's buffers is still being written: another
-            # deadline, for as long as the worker keeps reading it.
-            self._arm_deadline(unsent)
+            # A call too large for the socket's buffers is still being written, and the
+            # worker keeps reading it: give it another deadline.
+            self._quiet_since, self._unsent_seen = now, unsent
             return
         self._kill_for(f"no answer within {START_DEADLINE} s of being handed a call while idle: frozen")
 
@@ -426,10 +449,17 @@ class ProcessWorker(Worker):
             self.host.loop.call_soon(self._fail_unsent, task, WireError("worker channel closed"))
             return
         self._calls[task.id] = task
-        if _wire.is_async_callable(task.fn):  # known now: a settled task's fn is gone
+        # Known now (a settled task's fn is gone), and cached per function the worker holds.
+        is_async = self._async_fns.get(fn_id) if fn_id else None
+        if is_async is None:
+            is_async = _wire.is_async_callable(task.fn)
+            if fn_id:
+                self._async_fns[fn_id] = is_async
+        for gone in drop:
+            self._async_fns.pop(gone, None)
+        if is_async:
             self._async_calls.add(task.id)
         channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop))
-        self._arm_deadline()
 
     def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
         if isinstance(exc, WireError):
@@ -472,10 +502,13 @@ class ProcessWorker(Worker):
             self._write(_wire.Cancel(task.id, queued_only=True))
         return False
 
-    def _write(self, msg: _wire.Call | _wire.Cancel | _wire.Shutdown) -> None:
+    def _write(self, msg: _wire.Cancel | _wire.Shutdown) -> None:
+        """Send a control frame, and count it where the worker looks before each start."""
         channel = self._channel
         if channel is not None and channel.transport is not None:
             channel.send(msg)
+            if self._control is not None:
+                self._control.bump()
 
     def stop(self) -> None:
         self._stopping = True
