@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import io
@@ -150,6 +151,8 @@ class CallServer(FrameProtocol[ToChild]):
         self._poll: Callable[[int], object] = _nothing_unread
         self._fd = -1  # the channel's fd, read directly by _read_now
         self._publish = self.publish  # one bound method for every call's TaskContext
+        #: Current in the server's own callbacks (set by _serve): sync calls use it in place.
+        self.shared_context = TaskContext(self._publish, None)
         self._offered = 0  # size of the last receive buffer handed to the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -312,7 +315,13 @@ class CallServer(FrameProtocol[ToChild]):
             return True
         loop = self._loop
         assert loop is not None
-        token = current.set(TaskContext(self._publish, None, None, cid))  # send, worker_id, owner, task_id
+        # The call's context: ``task_id`` set in place on the server's own TaskContext when
+        # that is current (most calls), else a fresh one set for the call.
+        ctx = current.get()
+        shared = ctx is self.shared_context
+        token = None if shared else current.set(TaskContext(self._publish, None, None, cid))
+        if shared:
+            self.shared_context.task_id = cid
         try:
             self.in_sync = True
             # Not "inside" the loop while user code runs, so asyncio.run() works in it.
@@ -323,8 +332,11 @@ class CallServer(FrameProtocol[ToChild]):
                 events._set_running_loop(loop)
                 self.in_sync = False
             if inspect.isawaitable(res):
-                # The task and its done callback copy the context: they keep the call's.
-                task = loop.create_task(_await(res))
+                # The task (and its done callback) runs in a context of its own, the call's.
+                context = contextvars.copy_context()
+                if shared:
+                    context.run(current.set, TaskContext(self._publish, None, None, cid))
+                task = loop.create_task(_await(res), context=context)
                 self.running[cid] = (job, task)
                 task.add_done_callback(functools.partial(self._task_done, cid))
                 return False
@@ -332,7 +344,10 @@ class CallServer(FrameProtocol[ToChild]):
             self._send_error(cid, ERR_RAISED, exc, time.time())
             return True
         finally:
-            current.reset(token)
+            if token is None:
+                self.shared_context.task_id = None
+            else:
+                current.reset(token)
         self._send_result(cid, res, time.time())
         return True
 
@@ -518,6 +533,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     hello = Hello(os.getpid(), platform.python_version(), uses_uvloop)
     server = CallServer(concurrency, hello, max_message=max_message, control=control)
+    current.set(server.shared_context)  # the transport's callbacks copy this context
     await loop.connect_accepted_socket(lambda: server, sock)
     assert server.closed is not None
     await server.closed
