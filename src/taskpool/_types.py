@@ -53,9 +53,6 @@ class PoolState(enum.StrEnum):
     CLOSED = "closed"  #: every task settled, workers stopped, bus closed
     BROKEN = "broken"  #: no worker can be started any more (PoolBroken); closing still runs
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class WorkerState(enum.StrEnum):
     """A worker slot's life (see the diagram in ``taskpool._supervisor``)."""
@@ -68,9 +65,6 @@ class WorkerState(enum.StrEnum):
     EXITED = "exited"  #: stopped (the pool is closing, or it ended for good cleanly)
     DEAD = "dead"  #: will never have a worker again (restart limit spent, or mode "never")
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class ServiceState(enum.StrEnum):
     """A kept-alive service's life."""
@@ -81,9 +75,6 @@ class ServiceState(enum.StrEnum):
     STOPPED = "stopped"
     BROKEN = "broken"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 class ProxyState(enum.StrEnum):
     """A persistent worker proxy's life."""
@@ -92,9 +83,6 @@ class ProxyState(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     TERMINATED = "terminated"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class StatusType(enum.StrEnum):

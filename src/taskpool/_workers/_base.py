@@ -18,6 +18,7 @@ import abc
 import enum
 import os
 import re
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -28,7 +29,16 @@ if TYPE_CHECKING:
 
     from .._task import Task
 
-__all__ = ["Capabilities", "CancelResult", "Worker", "WorkerExit", "WorkerHost", "WorkerSpec", "log_path"]
+__all__ = [
+    "Capabilities",
+    "CancelResult",
+    "Worker",
+    "WorkerExit",
+    "WorkerHost",
+    "WorkerSpec",
+    "log_path",
+    "own_traceback",
+]
 
 
 class CancelResult(enum.Enum):
@@ -200,6 +210,16 @@ class Worker(abc.ABC):
     def memory(self) -> int | None:
         """The worker's resident memory in bytes (kinds with ``reports_memory``)."""
         return None
+
+
+def own_traceback(exc: BaseException, runner: types.CodeType) -> BaseException:
+    """Start ``exc``'s traceback at the task's own function, dropping the ``runner``'s
+    frame: code that clears a traceback's frames (``traceback.clear_frames``, as
+    unittest's ``assertRaises`` does) can then never finalize a worker's runner."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is runner:
+        exc.__traceback__ = tb.tb_next
+    return exc
 
 
 _UNSAFE = re.compile(r"[^\w.:#@+,=-]+")

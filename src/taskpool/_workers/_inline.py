@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._context import TaskContext, current
-from ._base import CancelResult, Capabilities, Worker, WorkerExit
+from ._base import CancelResult, Capabilities, Worker, WorkerExit, own_traceback
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -102,11 +102,11 @@ class InlineWorker(Worker):
                 elif me.cancelling():
                     raise  # the runner itself is being cancelled (the pool closes hard)
                 else:
-                    value = _own_traceback(exc)  # the task raised CancelledError by itself
+                    value = own_traceback(exc, _RUNNER_CODE)  # the task raised CancelledError by itself
             except GeneratorExit:
                 raise  # this runner's coroutine is being closed
             except BaseException as exc:  # Exception, or the task's own SystemExit/KeyboardInterrupt
-                value = _own_traceback(exc)
+                value = own_traceback(exc, _RUNNER_CODE)
             del running[task]
             cancelling.discard(task)
             ctx.task_id = None
@@ -168,14 +168,4 @@ class InlineWorker(Worker):
                 wake.set_result(None)
 
 
-def _own_traceback(exc: BaseException) -> BaseException:
-    """Start ``exc``'s traceback at the task's own function: without the runner's frame,
-    code that clears the traceback's frames (``traceback.clear_frames``, as unittest's
-    ``assertRaises`` does) can never finalize the runner."""
-    tb = exc.__traceback__
-    if tb is not None and tb.tb_frame.f_code is _RUNNER_CODE:
-        exc.__traceback__ = tb.tb_next
-    return exc
-
-
-_RUNNER_CODE = InlineWorker._runner.__code__
+_RUNNER_CODE = InlineWorker._runner.__code__  # stripped from tasks' tracebacks

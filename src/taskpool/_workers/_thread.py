@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .._context import TaskContext, current
 from .._events import set_if_pending
 from .._loop import new_event_loop
-from ._base import CancelResult, Capabilities, Worker, WorkerExit
+from ._base import CancelResult, Capabilities, Worker, WorkerExit, own_traceback
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -282,12 +282,12 @@ class ThreadWorker(Worker):
                 elif me.cancelling():
                     raise  # the worker itself is being cancelled
                 else:
-                    ok, value = False, _own_traceback(exc)  # the task raised CancelledError itself
+                    ok, value = False, own_traceback(exc, _RUNNER_CODE)  # the task raised CancelledError itself
             except GeneratorExit:
                 raise  # this runner's coroutine is being closed
             except BaseException as exc:  # Exception, or SystemExit/KeyboardInterrupt from the task
                 self._sync_task = None
-                ok, value = False, _own_traceback(exc)
+                ok, value = False, own_traceback(exc, _RUNNER_CODE)
             cancelling.discard(task)
             del running[task]
             ctx.task_id = None
@@ -304,14 +304,4 @@ class ThreadWorker(Worker):
         self._post(_PUBLISH, topic, data, task_id)
 
 
-def _own_traceback(exc: BaseException) -> BaseException:
-    """Start ``exc``'s traceback at the task's own function: without the runner's frame,
-    code that clears the traceback's frames (``traceback.clear_frames``, as unittest's
-    ``assertRaises`` does) can never finalize the runner."""
-    tb = exc.__traceback__
-    if tb is not None and tb.tb_frame.f_code is _RUNNER_CODE:
-        exc.__traceback__ = tb.tb_next
-    return exc
-
-
-_RUNNER_CODE = ThreadWorker._runner.__code__
+_RUNNER_CODE = ThreadWorker._runner.__code__  # stripped from tasks' tracebacks
