@@ -50,9 +50,9 @@ class Hooks:
         self._log = log
         self.lists: dict[str, list[Callable[..., Any]]] = {k: [] for k in KINDS}
         #: Whether a then/catch/race hook exists (settling skips them all otherwise).
-        self.per_task = False
+        self.per_task: bool = False
         #: Whether a round's tasks must be remembered (an ``all_settled`` hook exists).
-        self.wants_rounds = False
+        self.wants_rounds: bool = False
         self.running: int = 0
         self.depth: int = 0
         self._tg: anyio.abc.TaskGroup | None = None
