@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ThreadWorker"]
 
 _STOP = object()
+#: Seconds a worker whose thread reported its end waits for the thread to be gone.
+THREAD_EXIT_WAIT = 1.0
 _STARTED = 0
 _DONE = 1
 _PUBLISH = 2
@@ -87,7 +89,14 @@ class ThreadWorker(Worker):
         try:
             await ready
             on_ready()
-            return await self._ended
+            exit = await self._ended
+            if not self._detached:
+                # The thread reported its end and is exiting: see it gone, so a closed pool
+                # leaves no thread (nor a reference to itself) behind. Bounded all the same.
+                await asyncio.wait({self._gone}, timeout=THREAD_EXIT_WAIT)
+                if self._gone.done():
+                    self._thread.join(THREAD_EXIT_WAIT)  # past its last line: returns at once
+            return exit
         except BaseException:
             # Cancelled (pool shutting down hard): ask the thread to end; never wait on it
             # here, the pool joins its threads when it closes.
