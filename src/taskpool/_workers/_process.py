@@ -21,9 +21,10 @@ or signal; unstarted calls it held go back to the pool's queue.
 
 A worker is not trusted to behave: a frame or segment over ``spec.max_message_size``, an
 undecodable frame or one meant for the other direction kills it (nothing is allocated
-for it first), and so does silence: a worker handed a call while it ran nothing must
-answer (any frame) within ``START_DEADLINE`` seconds, or it is deemed frozen (a stopped
-process, a wedged interpreter) and killed, its unstarted calls going back to the queue.
+for it first), and so does silence: a worker holding calls while it runs nothing must
+answer (any byte) within ``START_DEADLINE`` seconds (a watchdog ticking a few times per
+deadline checks), or it is deemed frozen (a stopped process, a wedged interpreter) and
+killed, its unstarted calls going back to the queue.
 Output is read in chunks and split into lines by the pool, a line longer than
 ``_spawn.MAX_LINE`` bytes in pieces of at most that, so no byte of it is lost.
 """
