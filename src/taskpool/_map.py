@@ -1,16 +1,29 @@
-"""``map``: a function over any ``submit``, streaming results with bounded work in flight."""
+"""``map``: a function over any ``submit``, streaming results with bounded work in flight,
+items sent one per task or in chunks (one task and one frame per chunk)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+from ._chunks import run_chunk, run_chunk_async
+from ._wire import is_async_callable
 
 if TYPE_CHECKING:
     from ._task import Task
 
-__all__ = ["map_tasks"]
+__all__ = ["CHUNK_TARGET", "MAX_CHUNK", "TINY_CALL", "map_tasks"]
+
+#: A plain call shorter than this (seconds, in the worker) is tiny: a task's own cost
+#: dominates it, and "auto" starts sending such calls in chunks.
+TINY_CALL = 0.0001
+#: Seconds of work an "auto" chunk aims at.
+CHUNK_TARGET = 0.005
+#: The most items in one chunk.
+MAX_CHUNK = 1024
 
 
 async def map_tasks(
@@ -20,6 +33,7 @@ async def map_tasks(
     *,
     ordered: bool,
     window: int,
+    chunksize: int | None = 1,
 ) -> AsyncIterator[Any]:
     """Yield ``fn(item)`` for each item, submitted with ``submit(fn, item)``.
 
@@ -27,17 +41,36 @@ async def map_tasks(
     in input order (``ordered``) or as they finish. A failure raises as soon as it
     happens (in ordered mode too, ahead of earlier items still running) and cancels the
     tasks still in flight; so does closing the iterator early.
+
+    ``chunksize``: items per task (``submit(partial(run_chunk, fn), items)``: one task,
+    one frame for the whole chunk), or ``None`` for "auto": one item per task, until the
+    calls of a plain function are measured to be tiny (under :data:`TINY_CALL` seconds in
+    the worker, where a task's own cost dominates); then as many per task as run about
+    :data:`CHUNK_TARGET` seconds (at most :data:`MAX_CHUNK`). Coroutine functions are
+    never chunked by "auto": their calls wait on I/O, and a chunk would serialise them.
     """
-    inflight: collections.deque[Task[Any]] = collections.deque()
-    ready: collections.deque[Task[Any]] = collections.deque()  # settled, not yet yielded
+    inflight: collections.deque[tuple[Task[Any], int]] = collections.deque()  # (task, items; 0: unchunked)
+    ready: collections.deque[tuple[Task[Any], int]] = collections.deque()  # settled, not yet yielded
     failed: list[Task[Any]] = []  # the first task that failed (either mode fails fast)
     waiter: list[asyncio.Future[None] | None] = [None]
+    is_async = is_async_callable(fn)
+    auto = chunksize is None and not is_async
+    size = 1 if chunksize is None else chunksize
+    chunk_fn: Callable[..., Any] | None = None  # made on first use: one object per map
 
-    def on_done(t: Task[Any]) -> None:
-        if t.exception() is not None and not failed:
-            failed.append(t)
+    def on_done(t: Task[Any], n: int) -> None:
+        nonlocal size
+        if t.exception() is not None:
+            if not failed:
+                failed.append(t)
+        elif auto and t.started_at is not None and t.finished_at is not None:
+            per_item = (t.finished_at - t.started_at) / max(n, 1)
+            if per_item < TINY_CALL:
+                size = MAX_CHUNK if per_item <= 0 else max(1, min(MAX_CHUNK, int(CHUNK_TARGET / per_item)))
+            else:
+                size = 1
         if not ordered:
-            ready.append(t)
+            ready.append((t, n))
         w = waiter[0]
         if w is not None and not w.done():
             w.set_result(None)
@@ -56,39 +89,69 @@ async def map_tasks(
     else:
         it = iter(iterable)
         aiter_ = None
+
+    async def pull(k: int) -> list[Any]:
+        items: list[Any] = []
+        try:
+            while len(items) < k:
+                items.append(next(it) if it is not None else await anext(aiter_))  # type: ignore[arg-type]
+        except (StopIteration, StopAsyncIteration):
+            pass
+        return items
+
     exhausted = False
     try:
         while True:
             while not exhausted and len(inflight) < window and not failed:
-                try:
-                    item = next(it) if it is not None else await anext(aiter_)  # type: ignore[arg-type]
-                except (StopIteration, StopAsyncIteration):
+                k = size
+                items = await pull(k)
+                if len(items) < k:
                     exhausted = True
+                if not items:
                     break
-                task = await submit(fn, item)
-                inflight.append(task)
-                task.add_done_callback(on_done)
+                if k == 1:
+                    task = await submit(fn, items[0])
+                    n = 0
+                else:
+                    if chunk_fn is None:
+                        chunk_fn = functools.partial(run_chunk_async if is_async else run_chunk, fn)
+                    task = await submit(chunk_fn, tuple(items))
+                    n = len(items)
+                inflight.append((task, n))
+                task.add_done_callback(functools.partial(on_done, n=n))
             if failed:
                 # Any failure ends the map at once, even behind unfinished earlier items.
-                inflight.remove(failed[0])
+                for entry in inflight:
+                    if entry[0] is failed[0]:
+                        inflight.remove(entry)
+                        break
                 failed[0].result()
             if not inflight:
                 return
             if ordered:
-                head = inflight[0]
+                head, n = inflight[0]
                 while not head.done() and not failed:
                     await wait_for_news()
                 if failed:
                     continue
                 inflight.popleft()
-                yield head.result()
+                if n:
+                    for value in head.result():
+                        yield value
+                else:
+                    yield head.result()
             else:
                 while not ready:
                     await wait_for_news()
-                done = ready.popleft()
-                if done in inflight:
-                    inflight.remove(done)
-                    yield done.result()
+                entry = ready.popleft()
+                if entry in inflight:
+                    inflight.remove(entry)
+                    done, n = entry
+                    if n:
+                        for value in done.result():
+                            yield value
+                    else:
+                        yield done.result()
     finally:
-        for t in inflight:
+        for t, _ in inflight:
             t.cancel()

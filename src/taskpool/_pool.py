@@ -296,6 +296,7 @@ class FunctionPool:
         *,
         ordered: bool = True,
         window: int | None = None,
+        chunksize: int | Literal["auto"] = "auto",
     ) -> AsyncIterator[R]:
         """Run ``fn(item)`` for each item, yielding results in input order (or as they finish).
 
@@ -305,15 +306,28 @@ class FunctionPool:
         running) and cancels the tasks still in flight; so does closing the iterator
         early (use ``contextlib.aclosing`` when you may break out of the loop).
 
+        ``chunksize`` items travel in one task (one frame to a process worker), the task's
+        result being their list. ``"auto"`` (the default) sends one item per task, until a
+        plain function's calls are measured to be tiny (under 0.1 ms in the worker: a
+        task's own cost dominates them); then as many per task as run about 5 ms (at most
+        1024). Coroutine functions are chunked only when asked (their calls wait on I/O;
+        a chunk awaits its items one after the other). Hooks and status see a chunk as one
+        task; ``window`` counts tasks.
+
         Raises:
             TypeError: ``fn`` is not callable or ``iterable`` is not iterable.
-            ValueError: ``window`` < 1.
+            ValueError: ``window`` < 1, or ``chunksize`` neither ``"auto"`` nor an int >= 1.
         """
         check_callable("map()", fn)
         if not isinstance(iterable, (Iterable, AsyncIterable)):
             raise TypeError(f"map() needs an iterable or async iterable, got {type(iterable).__name__}")
         window = check_count("window", window) or 2 * self.pool_size
-        return map_tasks(self._submit_one, fn, iterable, ordered=ordered, window=window)
+        size: int | None = None
+        if chunksize != "auto":
+            if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+                raise ValueError(f"chunksize must be 'auto' or an int >= 1, got {chunksize!r}")
+            size = chunksize
+        return map_tasks(self._submit_one, fn, iterable, ordered=ordered, window=window, chunksize=size)
 
     async def _submit_one(self, fn: Callable[..., Any], item: Any) -> Task[Any]:
         return await self.submit(fn, item)
