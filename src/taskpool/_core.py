@@ -466,7 +466,7 @@ class PoolCore(Lifecycle):
     def settle(self, task: Task[Any], state: TaskState, result: Any, exc: BaseException | None) -> None:
         """Give ``task`` its final state, then tell its awaiters, subscribers and hooks."""
         unstarted = task.started_at is None
-        task._settle(state, result, exc, time.time())
+        task._settle(state, result, exc)
         hooks = self.hooks
         first = self.sched.settled(task, keep_in_round=hooks.wants_rounds)
         if unstarted and self.room_waiters:

@@ -135,11 +135,8 @@ async def map_tasks(
                 if failed:
                     continue
                 inflight.popleft()
-                if n:
-                    for value in head.result():
-                        yield value
-                else:
-                    yield head.result()
+                for value in head.result() if n else (head.result(),):
+                    yield value
             else:
                 while not ready:
                     await wait_for_news()
@@ -147,11 +144,8 @@ async def map_tasks(
                 if entry in inflight:
                     inflight.remove(entry)
                     done, n = entry
-                    if n:
-                        for value in done.result():
-                            yield value
-                    else:
-                        yield done.result()
+                    for value in done.result() if n else (done.result(),):
+                        yield value
     finally:
         for t, _ in inflight:
             t.cancel()

@@ -477,7 +477,3 @@ class Scheduler:
     def active_tasks(self) -> list[Task[Any]]:
         """Tasks held by workers: running, or waiting in a worker's window."""
         return [t for s in self.slots for t in s.inflight]
-
-    def running_tasks(self) -> list[Task[Any]]:
-        """Tasks their workers have started and not reported back yet."""
-        return [t for s in self.slots for t in s.inflight if t._state is _RUNNING]

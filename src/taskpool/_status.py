@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._scheduler import FIELDS
-from ._types import PoolSnapshot, StatusType, TaskRecord, TaskState, WorkerSnapshot
+from ._types import PoolSnapshot, PoolState, StatusType, TaskRecord, TaskState, WorkerSnapshot
 
 if TYPE_CHECKING:
     from ._core import PoolCore
@@ -115,6 +115,6 @@ def snapshot(core: PoolCore) -> PoolSnapshot:
 def has_available_worker(core: PoolCore) -> bool:
     """True when a task added now would start at once (an idle worker, nothing queued)."""
     sched = core.sched
-    if core.state != "running" or sched.n_queued:
+    if core.state is not PoolState.RUNNING or sched.n_queued:
         return False
     return any(s.accepting and not s.inflight for s in sched.slots)

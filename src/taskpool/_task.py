@@ -7,6 +7,7 @@ declares for it (so this module imports nothing of the pool).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Generator
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -246,13 +247,16 @@ class Task(Generic[T]):
                         pass
         return self.result()
 
-    def _settle(self, state: TaskState, result: Any, exc: BaseException | None, now: float) -> None:
-        """Record the final state (pool-internal; the pool runs callbacks after)."""
+    def _settle(self, state: TaskState, result: Any, exc: BaseException | None) -> None:
+        """Record the final state (pool-internal; the pool runs callbacks after).
+
+        ``finished_at`` keeps the worker's time when it reported one, else it is now.
+        """
         self._state = state
         self._result = result
         self._exc = exc
         if self.finished_at is None:
-            self.finished_at = now
+            self.finished_at = time.time()
         self.fn = _settled_fn  # drop references to the callable and its arguments
         self.args = ()
         self._start_callbacks = None
