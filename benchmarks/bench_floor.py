@@ -12,7 +12,24 @@ Each mode reports p50/p99 round-trip latency of a tiny message over ``--rounds``
 sequential round trips, and the throughput of ``--messages`` pipelined messages (all
 sent at once, then every answer awaited).
 
-    python benchmarks/bench_floor.py [--loop asyncio|uvloop] [--child-loop auto|asyncio|uvloop] [--json]
+Large payloads (``--payload-mib N``, default 32; a second table): one ``bytes`` of N MiB
+sent to a process and back, ``--payload-rounds`` times; median and best round trip.
+
+* ``raw-warm``   blocking sockets, each side reading into a buffer it reuses: the most a
+                 socket can do (two kernel copies per direction, no page faults).
+* ``raw-fresh``  the same, reading into a fresh buffer every time (what glibc does for
+                 blocks of 32 MiB or more: mmap on malloc, munmap on free): the page
+                 faults alone are the difference.
+* ``shm``        through one shared mapping (a memfd): the sender copies in, the
+                 receiver copies out into a buffer it reuses, a byte on a socket says
+                 when; the floor of a shared-memory design that hands out private
+                 memory.
+* ``child``      the real worker (``Call`` of ``bytes`` by reference: the echo); with
+                 ``--tune`` the parent calls ``taskpool._memory.tune_malloc()`` first.
+* ``ppe``        ``ProcessPoolExecutor`` with one worker, for context.
+
+    python -m benchmarks.bench_floor [--loop asyncio|uvloop] [--child-loop auto|asyncio|uvloop] [--json]
+    python -m benchmarks.bench_floor --modes none --payload-modes raw-warm,raw-fresh,shm,child,ppe [--tune]
 """
 
 from __future__ import annotations
@@ -21,9 +38,12 @@ import argparse
 import asyncio
 import concurrent.futures
 import json
+import mmap
 import os
 import socket
+import statistics
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -268,20 +288,209 @@ def bench_ppe(rounds: int, messages: int) -> dict[str, Any]:
     return {"mode": "ppe", "p50_us": p50, "p99_us": p99, "throughput_per_s": messages / elapsed}
 
 
+# --------------------------------------------------------------------------- large payloads
+
+
+def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    pos, n = 0, view.nbytes
+    while pos < n:
+        k = sock.recv_into(view[pos:])
+        if not k:
+            raise EOFError
+        pos += k
+
+
+def raw_echo_child(fd: int, size: int, fresh: bool) -> None:
+    """Blocking echo of ``size``-byte messages (raw-warm / raw-fresh)."""
+    sock = socket.socket(fileno=fd)
+    buf = bytearray(size)
+    try:
+        while True:
+            if fresh:
+                buf = bytearray(size)
+            with memoryview(buf) as v:
+                _recv_exactly(sock, v)
+            sock.sendall(buf)
+    except (EOFError, ConnectionError):
+        pass
+
+
+def shm_echo_child(fd: int, shm_fd: int, size: int) -> None:
+    """Wait for a byte, copy the shared mapping out and back in, answer a byte (shm)."""
+    sock = socket.socket(fileno=fd)
+    shared = mmap.mmap(shm_fd, size)
+    buf = bytearray(size)
+    # memoryview slices: plain memcpy (bytearray[:] = mmap would copy through a temporary)
+    own, window = memoryview(buf), memoryview(shared)
+    try:
+        while sock.recv(1):
+            own[:] = window  # out: private memory the task could keep
+            window[:] = own  # and back: the result
+            sock.sendall(b"r")
+    except ConnectionError:
+        pass
+
+
+def _spawn_helper(*args: object, pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *map(str, args)],
+        pass_fds=pass_fds,
+    )
+
+
+def _timed(rounds: int, once: Callable[[], None]) -> dict[str, float]:
+    once()  # warm up
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        once()
+        samples.append(time.perf_counter() - t)
+    return {"median_ms": statistics.median(samples) * 1e3, "best_ms": min(samples) * 1e3}
+
+
+def bench_raw_payload(mib: int, rounds: int, fresh: bool) -> dict[str, Any]:
+    size = mib * 2**20
+    parent, child = socket.socketpair()
+    proc = _spawn_helper("--raw-echo-child", child.fileno(), size, int(fresh), pass_fds=(child.fileno(),))
+    child.close()
+    data = b"\x5a" * size
+    back = bytearray(size)
+
+    def once() -> None:
+        nonlocal back
+        parent.sendall(data)  # the child reads as it comes
+        if fresh:
+            back = bytearray(size)
+        with memoryview(back) as v:
+            _recv_exactly(parent, v)
+
+    try:
+        stats = _timed(rounds, once)
+    finally:
+        parent.close()
+        proc.wait()
+    return {"mode": "raw-fresh" if fresh else "raw-warm", **stats}
+
+
+def bench_shm_payload(mib: int, rounds: int) -> dict[str, Any]:
+    size = mib * 2**20
+    shm_fd = os.memfd_create("bench-floor-payload")
+    os.ftruncate(shm_fd, size)
+    shared = mmap.mmap(shm_fd, size)
+    parent, child = socket.socketpair()
+    proc = _spawn_helper("--shm-echo-child", child.fileno(), shm_fd, size, pass_fds=(child.fileno(), shm_fd))
+    child.close()
+    data = b"\x5a" * size
+    back = memoryview(bytearray(size))
+    window = memoryview(shared)
+
+    def once() -> None:
+        window[:] = data
+        parent.sendall(b"c")
+        if parent.recv(1) != b"r":
+            raise EOFError
+        back[:] = window
+
+    try:
+        stats = _timed(rounds, once)
+    finally:
+        parent.close()
+        proc.wait()
+        window.release()
+        shared.close()
+        os.close(shm_fd)
+    return {"mode": "shm", **stats}
+
+
+async def bench_child_payload(mib: int, rounds: int, child_loop: str, tune: bool) -> dict[str, Any]:
+    if tune:
+        from taskpool import _memory
+
+        _memory.tune_malloc()
+    loop = asyncio.get_running_loop()
+
+    class Parent(w.FrameProtocol[w.ToParent]):
+        def __init__(self) -> None:
+            super().__init__(w.parent_parser())
+            self.answer: asyncio.Future[Any] | None = None
+            self.hello: asyncio.Future[w.ToParent] = loop.create_future()
+
+        def message_received(self, msg: w.ToParent) -> None:
+            if type(msg) is w.Result:
+                assert self.answer is not None
+                self.answer.set_result(w.load_result(msg))
+            elif type(msg) is w.Hello:
+                self.hello.set_result(msg)
+            elif type(msg) is w.Error:
+                assert self.answer is not None
+                self.answer.set_exception(w.rebuild_exception(msg))
+
+    size = mib * 2**20
+    data = b"\x5a" * size
+    table = w.FunctionTable()
+    proc, proto = await spawn_child(Parent, loop=child_loop, stdout=None, stderr=None)
+
+    async def once(i: int) -> None:
+        proto.answer = loop.create_future()
+        fn_id, define, drop = table.prepare(bytes)  # bytes(b) is b: an echo
+        fmt, payload, bufs = w.dump_args((data,))
+        proto.send(w.Call(i, fn_id, fmt, payload, bufs, define, drop))
+        proto.flush()
+        out = await proto.answer
+        if len(out) != size:
+            raise AssertionError(f"echoed {len(out)} bytes of {size}")
+
+    try:
+        await asyncio.wait_for(proto.hello, 30)
+        await once(0)
+        samples = []
+        for i in range(rounds):
+            t = time.perf_counter()
+            await once(i + 1)
+            samples.append(time.perf_counter() - t)
+        assert proto.transport is not None
+        proto.transport.close()
+    finally:
+        await proc.wait()
+    mode = "child+tune" if tune else "child"
+    return {"mode": mode, "median_ms": statistics.median(samples) * 1e3, "best_ms": min(samples) * 1e3}
+
+
+def bench_ppe_payload(mib: int, rounds: int) -> dict[str, Any]:
+    data = b"\x5a" * (mib * 2**20)
+    with concurrent.futures.ProcessPoolExecutor(1) as ex:
+        stats = _timed(rounds, lambda: ex.submit(bytes, data).result() and None)
+    return {"mode": "ppe", **stats}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--echo-child":
         echo_child(int(argv[1]), argv[2])
+        return
+    if argv and argv[0] == "--raw-echo-child":
+        raw_echo_child(int(argv[1]), int(argv[2]), argv[3] == "1")
+        return
+    if argv and argv[0] == "--shm-echo-child":
+        shm_echo_child(int(argv[1]), int(argv[2]), int(argv[3]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=2000, help="sequential round trips (default 2000)")
     p.add_argument("--messages", type=int, default=20000, help="pipelined messages (default 20000)")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the parent's loop")
     p.add_argument("--child-loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="the child's loop")
-    p.add_argument("--modes", default="floor,child,ppe", help="comma-separated: floor,child,ppe")
+    p.add_argument("--modes", default="floor,child,ppe", help="comma-separated: floor,child,ppe (or none)")
+    p.add_argument("--payload-mib", type=int, default=32, help="large payload size in MiB (default 32)")
+    p.add_argument("--payload-rounds", type=int, default=10, help="large payload round trips (default 10)")
+    p.add_argument(
+        "--payload-modes",
+        default="",
+        help="comma-separated: raw-warm,raw-fresh,shm,child,ppe (default: none)",
+    )
+    p.add_argument("--tune", action="store_true", help="payload mode child: tune the parent's malloc first")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
-    modes = args.modes.split(",")
+    modes = [m for m in args.modes.split(",") if m and m != "none"]
     rows: list[dict[str, Any]] = []
     runners: dict[str, Callable[[], Any]] = {
         "floor": lambda: _run(bench_floor(args.rounds, args.messages, args.child_loop), args.loop),
@@ -290,6 +499,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     for mode in modes:
         rows.append(runners[mode]())
+    mib, prounds = args.payload_mib, args.payload_rounds
+    payload_runners: dict[str, Callable[[], Any]] = {
+        "raw-warm": lambda: bench_raw_payload(mib, prounds, fresh=False),
+        "raw-fresh": lambda: bench_raw_payload(mib, prounds, fresh=True),
+        "shm": lambda: bench_shm_payload(mib, prounds),
+        "child": lambda: _run(bench_child_payload(mib, prounds, args.child_loop, args.tune), args.loop),
+        "ppe": lambda: bench_ppe_payload(mib, prounds),
+    }
+    payload_rows = [payload_runners[m]() for m in args.payload_modes.split(",") if m]
     floor = next((r for r in rows if r["mode"] == "floor"), None)
     for r in rows:
         if floor is not None:
@@ -303,8 +521,10 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": args.rounds,
         "messages": args.messages,
     }
+    meta["payload_mib"] = mib
+    meta["payload_rounds"] = prounds
     if args.json:
-        print(json.dumps({"meta": meta, "results": rows}, indent=2))
+        print(json.dumps({"meta": meta, "results": rows, "payload": payload_rows}, indent=2))
         return
     print(
         f"python {meta['python']}, parent loop {args.loop}, child loop {args.child_loop}, "
@@ -316,6 +536,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['mode']:<7} {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} {r['throughput_per_s']:>11,.0f}"
             f" {r.get('p50_vs_floor', float('nan')):>10.2f} {r.get('throughput_vs_floor', float('nan')):>10.2f}"
         )
+
+    if payload_rows:
+        print(f"\n{mib} MiB bytes there and back, {prounds} round trips")
+        print(f"{'mode':<11} {'median ms':>10} {'best ms':>9}")
+        for r in payload_rows:
+            print(f"{r['mode']:<11} {r['median_ms']:>10.1f} {r['best_ms']:>9.1f}")
 
 
 if __name__ == "__main__":

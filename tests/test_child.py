@@ -970,6 +970,8 @@ class FakeTask:
         self.fn = fn
         self.args = args
         self.cancelled = False
+        self._started_at: float | None = None  # set by FakeHost.task_started, as the pool does
+        self.slot: Any = None
 
     def done(self) -> bool:
         return self.cancelled
@@ -984,7 +986,12 @@ class FakeHost:
         self.log: list[tuple[str, str]] = []
 
     def task_started(self, worker: Any, task: FakeTask, at: float) -> None:
-        self.reports.put_nowait(("started", task.id, at))
+        if task._started_at is None:  # as the pool: a second report of one start is ignored
+            task._started_at = at
+            self.reports.put_nowait(("started", task.id, at))
+
+    def start_wanted(self, task: FakeTask) -> bool:
+        return True  # every start reported as it happens: the tests read the order
 
     def task_finished(self, worker: Any, task: FakeTask, ok: bool, value: Any, at: float) -> None:
         self.reports.put_nowait(("finished", task.id, ok, value, at))
@@ -1028,7 +1035,7 @@ def _send(w: ProcessWorker, task: FakeTask) -> FakeTask:
 def test_process_worker_capabilities() -> None:
     assert ProcessWorker.capabilities == Capabilities(
         isolated=True,
-        window=8,
+        window=64,
         adaptive_window=True,
         reclaims_unstarted=True,
         has_pid=True,

@@ -26,7 +26,6 @@ import functools
 import inspect
 import io
 import os
-import pickle
 import platform
 import select
 import signal
@@ -34,23 +33,28 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from asyncio import events
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from taskpool._answers import (
+    Escaped,
+    cancelled_message,
+    error_messages,
+    result_message,
+    run_awaitable,
+    unsendable_messages,
+)
 from taskpool._context import TaskContext, current
-from taskpool._control import ControlCounter
+from taskpool._control import JOURNAL, ControlBlock
 from taskpool._errors import SerializationError
 from taskpool._frames import NO_LIMIT, FrameProtocol, FrameWriter, WireError
-from taskpool._functions import FnDef, load_function
+from taskpool._functions import FnSlot
 from taskpool._loop import loop_factory
 from taskpool._wire import (
-    ERR_CANCELLED,
     ERR_LOAD,
     ERR_RAISED,
-    ERR_UNSENDABLE,
     FMT_PICKLE,
     Call,
     Cancel,
@@ -61,11 +65,8 @@ from taskpool._wire import (
     Result,
     Started,
     ToChild,
-    _type_name,
     child_parser,
     dump_payload,
-    dump_value,
-    is_async_callable,
     load_payload,
 )
 
@@ -74,41 +75,22 @@ __all__ = ["CallServer", "main"]
 # --------------------------------------------------------------------------- the worker
 
 
-class _FnSlot:
-    """A function definition received once, loaded on first use (so an import error
-    fails the call that needs it, and later calls the same way)."""
-
-    __slots__ = ("define", "error", "fn", "is_async", "tb")
-
-    def __init__(self, define: FnDef | None, error: BaseException | None = None) -> None:
-        self.define = define
-        self.fn: Callable[..., Any] | None = None
-        self.error = error
-        self.tb = None if error is None else error.__traceback__
-        self.is_async = False
-
-    def resolve(self) -> Callable[..., Any]:
-        if self.fn is not None:
-            return self.fn
-        if self.error is None:
-            assert self.define is not None
-            try:
-                self.fn = load_function(self.define)
-                self.is_async = is_async_callable(self.fn)
-                self.define = None
-                return self.fn
-            except BaseException as exc:
-                self.error, self.tb = exc, exc.__traceback__
-        # Each raise adds a frame to __traceback__: start from the original every time.
-        raise self.error.with_traceback(self.tb)
+#: A function whose sync calls run under this many seconds on average (over at least
+#: QUICK_RUNS calls) is quick: answers already written wait for the next flush (at the
+#: latest FLUSH_AGE seconds later) instead of one write per call. Any other call gets the
+#: output flushed before it starts, so a long call never holds back earlier answers.
+QUICK_CALL = 20e-6
+QUICK_RUNS = 4
+FLUSH_AGE = float(os.environ.get("TASKPOOL_FLUSH_AGE", "0.0005"))  # (tests set it higher)
 
 
 class _Job:
-    __slots__ = ("msg", "slot")
+    __slots__ = ("msg", "number", "slot")
 
-    def __init__(self, msg: Call, slot: _FnSlot) -> None:
+    def __init__(self, msg: Call, slot: FnSlot, number: int) -> None:
         self.msg = msg
         self.slot = slot
+        self.number = number  # in arrival order, 1, 2, ... (see taskpool._control)
 
 
 class CallServer(FrameProtocol[ToChild]):
@@ -127,7 +109,7 @@ class CallServer(FrameProtocol[ToChild]):
         hello: Hello | None = None,
         *,
         max_message: int = NO_LIMIT,
-        control: ControlCounter | None = None,
+        control: ControlBlock | None = None,
     ) -> None:
         super().__init__(child_parser())
         self.writer = FrameWriter(max_message=max_message)
@@ -135,6 +117,10 @@ class CallServer(FrameProtocol[ToChild]):
         # while the pool is ahead, a control frame for a queued call waits in the socket.
         self.control = control
         self.controls_read = 0
+        self.calls_read = 0  # Call frames read: each call's number (see taskpool._control)
+        self._batch_at = 0.0  # when output was last flushed before a call, or a batch began
+        self._journaled = 0  # bytes of the writer's pending frames copied to the journal
+        self._jlen = 0  # bytes in the control block's journal
         self.hello = hello  # the first frame, queued as soon as the channel is up
         self.queue: deque[_Job] = deque()
         # Async calls running at once (at most ``concurrency``): id -> (job, task). A sync
@@ -142,7 +128,7 @@ class CallServer(FrameProtocol[ToChild]):
         self.limit = concurrency
         self.running: dict[int, tuple[_Job, asyncio.Task[Any]]] = {}
         self.cancel_asked: set[int] = set()  # running calls the parent cancelled
-        self.fns: dict[int, _FnSlot] = {}
+        self.fns: dict[int, FnSlot] = {}
         self.in_sync = False  # a sync call is running: the loop is blocked
         self.stopping = False  # Shutdown received
         self.lost = False  # the channel is gone
@@ -186,7 +172,8 @@ class CallServer(FrameProtocol[ToChild]):
         t = type(msg)
         if t is Call:
             assert isinstance(msg, Call)
-            self.queue.append(_Job(msg, self._slot(msg)))
+            self.calls_read += 1
+            self.queue.append(_Job(msg, self._slot(msg), self.calls_read))
             for fn_id in msg.drop:
                 self.fns.pop(fn_id, None)
         elif t is Cancel:
@@ -205,15 +192,15 @@ class CallServer(FrameProtocol[ToChild]):
             task.cancel()
         super().connection_lost(exc)
 
-    def _slot(self, msg: Call) -> _FnSlot:
+    def _slot(self, msg: Call) -> FnSlot:
         if msg.define is not None:
-            slot = _FnSlot(msg.define)
+            slot = FnSlot(msg.define)
             if msg.fn:
                 self.fns[msg.fn] = slot
             return slot
         found = self.fns.get(msg.fn)
         if found is None:
-            return _FnSlot(None, WireError(f"function id {msg.fn} is unknown in this worker"))
+            return FnSlot(None, WireError(f"function id {msg.fn} is unknown in this worker"))
         return found
 
     def _cancel(self, call_id: int, queued_only: bool = False) -> None:
@@ -227,6 +214,9 @@ class CallServer(FrameProtocol[ToChild]):
             if job.msg.id == call_id:
                 self.queue.remove(job)
                 self._send_cancelled(call_id)
+                # At once: should the worker die in the next call, the pool must know this
+                # one never ran (see taskpool._control).
+                self.flush()
                 return
         # Unknown: it already finished, and its answer is on the way.
 
@@ -250,6 +240,7 @@ class CallServer(FrameProtocol[ToChild]):
         after every call that blocked the loop, first make sure no frame waits unread.
         """
         control = self.control
+        self._batch_at = time.time()
         while len(self.running) < self.limit and self.queue and not self.lost:
             if control is not None:
                 # The pool sent a control frame we have not read: read it before starting.
@@ -305,13 +296,35 @@ class CallServer(FrameProtocol[ToChild]):
             except BaseException as exc:
                 self._send_error(cid, ERR_LOAD, exc, time.time())
                 return True
-        self.send(Started(cid, time.time()))
-        if msg.fmt == FMT_PICKLE or not slot.is_async:
-            self.flush()  # and Started must reach the parent before a sync call blocks the loop
+        at = time.time()
+        block = self.control
+        sync = not slot.is_async
+        if block is not None and not msg.report:
+            # Told through shared memory (the answer says when it started): no frame, and
+            # no write unless output waits that this call could hold back.
+            if self._flush_handle is not None and (
+                slot.runs < QUICK_RUNS
+                or slot.quick > QUICK_CALL
+                or at - self._batch_at > FLUSH_AGE
+                or not self._journal(block)
+            ):
+                self.flush()
+                self._batch_at = at
+            block.begin(job.number, at, sync)
+            started = at
+        else:
+            if block is not None:
+                block.begin(job.number, at, sync)
+            self.send(Started(cid, at))
+            if msg.fmt == FMT_PICKLE or sync:
+                self.flush()  # and Started must reach the parent before a sync call blocks the loop
+            started = 0.0
         try:
             args = load_payload(msg.fmt, msg.data, msg.bufs)
         except BaseException as exc:
-            self._send_error(cid, ERR_LOAD, exc, time.time())
+            if block is not None and sync:
+                block.end()
+            self._send_error(cid, ERR_LOAD, exc, time.time(), started=started)
             return True
         loop = self._loop
         assert loop is not None
@@ -332,26 +345,62 @@ class CallServer(FrameProtocol[ToChild]):
                 events._set_running_loop(loop)
                 self.in_sync = False
             if inspect.isawaitable(res):
+                if block is not None and sync:
+                    block.end()  # not a sync call after all: it goes on as a task
                 # The task (and its done callback) runs in a context of its own, the call's.
                 context = contextvars.copy_context()
                 if shared:
                     context.run(current.set, TaskContext(self._publish, None, None, cid))
-                task = loop.create_task(_await(res), context=context)
+                task = loop.create_task(run_awaitable(res), context=context)
                 self.running[cid] = (job, task)
-                task.add_done_callback(functools.partial(self._task_done, cid))
+                task.add_done_callback(functools.partial(self._task_done, cid, started))
                 return False
         except BaseException as exc:
-            self._send_error(cid, ERR_RAISED, exc, time.time())
+            end = time.time()
+            if block is not None and sync:
+                block.end()
+            slot.timed(end - at)
+            self._send_error(cid, ERR_RAISED, exc, end, started=started)
             return True
         finally:
             if token is None:
                 self.shared_context.task_id = None
             else:
                 current.reset(token)
-        self._send_result(cid, res, time.time())
+        end = time.time()
+        if block is not None:
+            block.end()
+        slot.timed(end - at)
+        self._send_result(cid, res, end, started)
         return True
 
-    def _task_done(self, cid: int, task: asyncio.Task[Any]) -> None:
+    def _journal(self, block: ControlBlock) -> bool:
+        """Copy the answers waiting to be written into the control block's journal, so
+        they survive should the worker die in the next call; False when they do not fit
+        (a large segment waits, or the journal is full): write them instead."""
+        out = self.writer.pending()
+        if out is None:
+            return False
+        n, done = len(out), self._journaled
+        if n > done:
+            if self._jlen + n - done > JOURNAL:
+                return False
+            self._jlen = block.append(self._jlen, out[done:n])
+            self._journaled = n
+        return True
+
+    def flush(self) -> None:
+        """Write every queued frame now; empty the journal once they reached the socket."""
+        super().flush()
+        self._journaled = 0
+        if self._jlen:
+            t = self.transport
+            # Frames still in the transport's own buffer would die with the worker.
+            if t is not None and not t.get_write_buffer_size() and not self._backlog and self.control is not None:
+                self.control.clear()
+                self._jlen = 0
+
+    def _task_done(self, cid: int, started: float, task: asyncio.Task[Any]) -> None:
         if self.running.pop(cid, None) is None or self.lost:
             return
         at = time.time()
@@ -364,51 +413,40 @@ class CallServer(FrameProtocol[ToChild]):
                 try:
                     task.result()
                 except asyncio.CancelledError as own:
-                    self._send_error(cid, ERR_RAISED, own, at)
+                    self._send_error(cid, ERR_RAISED, own, at, started=started)
         else:
             exc = task.exception()
             if exc is None:
-                self._send_result(cid, task.result(), at)
+                self._send_result(cid, task.result(), at, started)
             else:
-                self._send_error(cid, ERR_RAISED, exc.original if isinstance(exc, _Escaped) else exc, at)
+                self._send_error(
+                    cid, ERR_RAISED, exc.original if isinstance(exc, Escaped) else exc, at, started=started
+                )
         # Frames may have arrived since the loop last read (a task that never yielded
         # ends in the iteration after the one that read its Call): check before starting.
         self._pump(check=True)
 
     # -- answering
-    def _send_result(self, cid: int, value: Any, at: float) -> None:
-        try:
-            fmt, data, bufs = dump_value(value)
-            self.send(Result(cid, fmt, data, bufs, at))
-        except BaseException as exc:
-            err = SerializationError(
-                f"the result ({_type_name(value)}) cannot be sent back from the worker: {_describe(exc)}"
-            )
-            # The parent rebuilds ``exc`` as the SerializationError's __cause__.
-            self._send_error(cid, ERR_UNSENDABLE, err, at, cause=exc)
+    def _send_result(self, cid: int, value: Any, at: float, started: float = 0.0) -> None:
+        msg = result_message(cid, value, at, started, __file__)
+        if type(msg) is Result:
+            try:
+                self.send(msg)
+                return
+            except BaseException as exc:  # over the size limit (nothing was queued)
+                msg = unsendable_messages(cid, value, exc, at, started, __file__)
+        self._send_answer(*msg)  # type: ignore[misc]
 
     def _send_cancelled(self, cid: int, why: str = "cancelled in the worker") -> None:
-        self.send(Error(cid, ERR_CANCELLED, "asyncio.exceptions", "CancelledError", why, "", None, time.time()))
+        self.send(cancelled_message(cid, why))
 
-    def _send_error(
-        self, cid: int, kind: int, exc: BaseException, at: float, cause: BaseException | None = None
-    ) -> None:
-        """Answer ``cid`` with ``exc``; with ``cause`` (``ERR_UNSENDABLE``), the traceback
-        and pickle are the cause's (the exception the parent rebuilds as ``__cause__``)."""
-        shown = cause if cause is not None else exc
-        tb = _format_exception(shown)
-        try:
-            message = str(exc)
-        except BaseException:  # user code: whatever it raises must not lose the answer
-            message = f"<unprintable {type(exc).__name__}>"
-        pickled = _pickle_exception(shown) if kind != ERR_CANCELLED else None
-        t = type(exc)
-        msg = Error(cid, kind, t.__module__, t.__qualname__, message, tb, pickled, at)
+    def _send_error(self, cid: int, kind: int, exc: BaseException, at: float, started: float = 0.0) -> None:
+        self._send_answer(*error_messages(cid, kind, exc, at, __file__, started=started))
+
+    def _send_answer(self, msg: Error, clipped: Error) -> None:
         try:
             self.send(msg)
         except SerializationError:  # a surrogate in the message, or over the size limit
-            # ascii(): one byte per character, so the clipped texts surely fit.
-            clipped = Error(cid, kind, t.__module__, t.__qualname__, _clip(ascii(message)), _clip(ascii(tb)), None, at)
             self.send(clipped)
 
     # -- publishing
@@ -450,62 +488,6 @@ def _unread_probe(transport: asyncio.BaseTransport) -> Callable[[int], object]:
     return poller.poll  # called straight: it is on the hot path
 
 
-class _Escaped(Exception):
-    """A task's own SystemExit/KeyboardInterrupt, carried out of its asyncio task (asyncio
-    would re-raise those out of the event loop and take the worker down)."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(repr(original))
-        self.original = original
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    try:
-        return await awaitable
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise _Escaped(exc) from None
-
-
-def _format_exception(exc: BaseException) -> str:
-    """The traceback text, without this module's own frames at the top."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    try:
-        return "".join(traceback.format_exception(type(exc), exc, tb))
-    except BaseException:  # a __str__ raising anything
-        return f"{type(exc).__name__} (traceback unavailable)\n"
-
-
-def _clip(text: str, keep: int = 8192) -> str:
-    """``text``, its middle cut out when longer than ``keep`` characters (an error must
-    fit the smallest max_message_size, 64 KiB)."""
-    if len(text) <= keep:
-        return text
-    return f"{text[: keep // 2]}\n[... {len(text) - keep} characters cut ...]\n{text[-keep // 2 :]}"
-
-
-def _describe(exc: BaseException) -> str:
-    """``"Type: message"``, even for an exception whose ``__str__`` raises."""
-    try:
-        return f"{type(exc).__name__}: {exc}"
-    except BaseException:
-        return f"{type(exc).__name__}: <unprintable>"
-
-
-def _pickle_exception(exc: BaseException) -> bytes | None:
-    """``exc`` pickled (cloudpickle when pickle refuses), or None. A ``__reduce__`` may
-    raise anything, even SystemExit: that only means "not picklable"."""
-    with contextlib.suppress(BaseException):
-        return pickle.dumps(exc, 5)
-    try:
-        import cloudpickle  # only for exceptions pickle refuses
-
-        return cloudpickle.dumps(exc, 5)  # type: ignore[no-any-return]
-    except BaseException:
-        return None
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -528,7 +510,7 @@ async def _serve(
     uses_uvloop: bool,
     concurrency: int = 1,
     max_message: int = NO_LIMIT,
-    control: ControlCounter | None = None,
+    control: ControlBlock | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     hello = Hello(os.getpid(), platform.python_version(), uses_uvloop)
@@ -563,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--control-fd", type=int, default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.ppid)
+    from taskpool._memory import tune_worker  # large payloads: keep their memory warm
+
+    tune_worker()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
@@ -577,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         limit = max(2**16, args.max_message)
         control = None
         if args.control_fd is not None:
-            control = ControlCounter(args.control_fd)
+            control = ControlBlock(args.control_fd)
             control.close_fd()  # the mapping is what we read
         code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit, control))
         _cancel_leftovers(loop)

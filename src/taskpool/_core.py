@@ -282,7 +282,7 @@ class PoolCore(Lifecycle):
             self.check_thread()
         sched = self.sched
         max_queue = self._max_queue
-        if max_queue is not None and sched.n_waiting >= max_queue:
+        if max_queue is not None and sched.n_waiting >= max_queue and not self._room_after_sync():
             raise QueueFull(f"pool {self.name!r} has {sched.n_waiting} tasks waiting to start (max_queue={max_queue})")
         task: Task[Any] = Task(self, next(self._ids), fn, args, meta, timeout, time.time())
         sched.add(task)
@@ -292,6 +292,11 @@ class PoolCore(Lifecycle):
         if sched.free > 0 and self._tg is not None:
             self.pump()
         return task
+
+    def _room_after_sync(self) -> bool:
+        """Whether taking in starts not reported yet makes room under ``max_queue``."""
+        self.sync_starts()
+        return self.sched.n_waiting < self._max_queue  # type: ignore[operator]
 
     def _check_intake(self, state: PoolState) -> None:
         if state is PoolState.BROKEN:
@@ -327,6 +332,8 @@ class PoolCore(Lifecycle):
         self.check_thread()
         slot = task.slot
         if slot is not None and slot.worker is not None:
+            if task._state is _QUEUED:
+                slot.worker.sync_starts()  # a start not reported yet: it counts as started
             outcome = slot.worker.cancel(task)
             if outcome is CancelResult.REMOVED:
                 self.sched.release(slot, task, unstarted=True)
@@ -384,6 +391,20 @@ class PoolCore(Lifecycle):
                 )
             )
 
+    def start_wanted(self, task: Task[Any]) -> bool:
+        """Whether ``task``'s start must be reported as it happens: for its start
+        callbacks, its timeout (counted from the start), or ``task.started`` subscribers."""
+        if task._start_callbacks is not None or task.timeout is not None or self._max_queue is not None:
+            return True  # (max_queue: a start makes room for a waiting submit at once)
+        events = self.events
+        return events.active and events.wants("task.started")
+
+    def sync_starts(self) -> None:
+        """Take in the starts workers have not reported yet (before status is read)."""
+        for slot in self.sched.slots:
+            if slot.worker is not None and slot.inflight:
+                slot.worker.sync_starts()
+
     def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
         """``task`` ended on ``worker``: ``value`` is its result (``ok``) or its exception.
 
@@ -399,7 +420,7 @@ class PoolCore(Lifecycle):
             task.finished_at = at  # the worker's clock: the run time is the call's own
         if slot is not None:
             sched = self.sched
-            started = task.started_at
+            started = task._started_at
             if started is None:
                 # It never ran (cancelled in the window, or refused before it began):
                 # its budget returns, and it counts for neither recycling nor the window.
@@ -465,7 +486,7 @@ class PoolCore(Lifecycle):
 
     def settle(self, task: Task[Any], state: TaskState, result: Any, exc: BaseException | None) -> None:
         """Give ``task`` its final state, then tell its awaiters, subscribers and hooks."""
-        unstarted = task.started_at is None
+        unstarted = task._started_at is None
         task._settle(state, result, exc)
         hooks = self.hooks
         first = self.sched.settled(task, keep_in_round=hooks.wants_rounds)
@@ -493,7 +514,7 @@ class PoolCore(Lifecycle):
                     task_id=task.id,
                     state=state,
                     meta=task.meta,
-                    worker_id=task.worker_id,
+                    worker_id=task._worker_id,
                     error=describe_error(exc),
                 )
             )

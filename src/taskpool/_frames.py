@@ -18,10 +18,15 @@ decodes frames in place from one receive buffer and reads large segments straigh
 the kernel into a ``bytearray`` of their own; :class:`FrameProtocol` is the asyncio
 protocol that does both over a socket.
 
+Large segments, and a receive buffer a huge frame grew, are kept in a process-wide pool
+(:mod:`taskpool._memory`) and reused, warm, for later ones once nothing else references
+them (neither their message nor a value made of them): never while anything holds them.
+
 Sizes on the wire come from the peer and are not trusted: a parser rejects a frame or a
 segment over its ``max_message`` before allocating anything for it, and allocates for a
 frame or segment still on its way at most :data:`READ_AHEAD` bytes beyond what arrived
-(growing as the rest comes), so a header that lies costs nothing.
+(growing as the rest comes), so a header that lies costs nothing (a kept buffer, being
+allocated already, may serve it whole).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar, cast
 
 import msgspec
 
+from taskpool import _memory
 from taskpool._errors import SerializationError
+from taskpool._memory import POOL, RECYCLE_MIN
 
 __all__ = [
     "HEADER",
@@ -166,6 +173,11 @@ class FrameWriter:
                 self._chunks.append(v)
                 out = self._out = bytearray()
 
+    def pending(self) -> bytearray | None:
+        """The frames waiting in :meth:`take`, as one buffer (the writer's own: copy what
+        you keep), or None when a large segment waits apart from them."""
+        return None if self._chunks else self._out
+
     def take(self) -> list[Buffer]:
         """Return every pending buffer, in order, and start afresh (the caller owns them:
         they are never reused, so a transport may keep references)."""
@@ -206,9 +218,9 @@ class FrameParser(Generic[M]):
     ``bytes`` objects, from an ``asyncio.BufferedProtocol`` (:meth:`get_buffer` /
     :meth:`buffer_updated`). Frames are decoded in place from one receive buffer, so many
     frames per chunk cost no copies and a frame split over many chunks is never rescanned.
-    Segments get a ``bytearray`` of their own, read straight from the socket when large.
-    A segmented message is returned once all its segments arrived, with ``msg.bufs``
-    replaced by those ``bytearray`` objects.
+    Segments get a ``bytearray`` of their own (a free one of the pool's when it fits),
+    read straight from the socket when large. A segmented message is returned once all
+    its segments arrived, with ``msg.bufs`` replaced by those ``bytearray`` objects.
 
     ``max_message`` bounds a frame's message and each segment, in bytes: a length over it
     raises :class:`WireError` before anything is allocated for it. Within the bound,
@@ -306,12 +318,25 @@ class FrameParser(Generic[M]):
         if pending == 0 and start:
             self._start = self._end = start = end = 0
             if len(buf) > self._bufsize and not self._need:
-                buf = self._buf = bytearray(self._bufsize)  # a huge frame passed: shrink
+                POOL.keep(buf)  # a huge frame passed: shrink, and keep the big one warm
+                buf = self._buf = bytearray(self._bufsize)
         # Room for the whole frame being assembled, but never more than a read-ahead past
         # what has arrived: its length is the peer's word.
-        required = max(min(self._need, pending + READ_AHEAD), pending + self._MIN_FREE)
+        need = self._need
+        required = max(min(need, pending + READ_AHEAD), pending + self._MIN_FREE)
         if len(buf) - start < required:
-            if start:
+            warm = None
+            if need >= RECYCLE_MIN and need > len(buf):
+                _memory.large_buffer()
+                warm = POOL.take(need)  # allocated already: it costs nothing
+            if warm is not None:
+                with memoryview(buf) as mv:
+                    warm[:pending] = mv[start:end]
+                POOL.keep(buf)
+                buf = self._buf = warm
+                self._start, self._end = 0, pending
+                end = pending
+            elif start:
                 buf[:pending] = buf[start:end]  # compact: only a partial frame moves
                 self._start, self._end = 0, pending
                 end = pending
@@ -395,8 +420,14 @@ class FrameParser(Generic[M]):
         self._open_segment(sizes[0])
 
     def _open_segment(self, size: int) -> None:
-        # A read-ahead at most: the rest is allocated as it arrives.
-        self._seg, self._segsize, self._fill = bytearray(min(size, READ_AHEAD)), size, 0
+        seg = None
+        if size >= RECYCLE_MIN:
+            _memory.large_buffer()
+            seg = POOL.take(size)  # warm memory, allocated already: no page faults
+        if seg is None:
+            # A read-ahead at most: the rest is allocated as it arrives.
+            seg = bytearray(min(size, READ_AHEAD))
+        self._seg, self._segsize, self._fill = seg, size, 0
 
     def _next_segment(self, out: list[M]) -> None:
         """The open segment is complete: open the next one (skipping empty ones), or
@@ -411,7 +442,9 @@ class FrameParser(Generic[M]):
             if self._segsize:
                 return
         msg = self._msg
-        msg.bufs = self._segs
+        msg.bufs = segs = self._segs
+        for seg in segs:  # free for a later segment once nothing references it
+            POOL.keep(seg)  # (too small: ignored)
         self._msg, self._seg, self._segs, self._sizes, self._fill, self._segsize = None, None, [], [], 0, 0
         out.append(msg)
 
@@ -498,11 +531,14 @@ class FrameProtocol(asyncio.BufferedProtocol, Generic[M]):
             self.closed.set_result(exc)
 
     # -- sending
-    def send(self, msg: Message) -> None:
-        """Queue one frame; it is written at the end of this loop iteration. Raises
-        SerializationError when the message cannot be encoded."""
+    def send(self, msg: Message, *, now: bool = False) -> None:
+        """Queue one frame; it is written at the end of this loop iteration, or with
+        ``now`` at once (with whatever else is queued). Raises SerializationError when
+        the message cannot be encoded (nothing is queued then)."""
         self.writer.add(msg)
-        if self._flush_handle is None and self._loop is not None:
+        if now:
+            self.flush()
+        elif self._flush_handle is None and self._loop is not None:
             self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:

@@ -14,7 +14,9 @@ carries the definition, later ones only the id. Each worker remembers at most
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
+import inspect
 import itertools
 import pickle
 import sys
@@ -26,7 +28,16 @@ from typing import Any, ClassVar, Final, TypeAlias
 from taskpool._errors import SerializationError
 from taskpool._frames import Message
 
-__all__ = ["FnDef", "FnRef", "FnValue", "FunctionTable", "define_function", "load_function"]
+__all__ = [
+    "FnDef",
+    "FnRef",
+    "FnSlot",
+    "FnValue",
+    "FunctionTable",
+    "define_function",
+    "is_async_callable",
+    "load_function",
+]
 
 
 class FnRef(Message, tag=100):
@@ -198,3 +209,49 @@ def load_function(define: FnDef) -> Callable[..., Any]:
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
     return fn  # type: ignore[no-any-return]
+
+
+class FnSlot:
+    """A worker's entry for a function definition received once, loaded on first use (so
+    an import error fails the call that needs it, and later calls the same way)."""
+
+    __slots__ = ("define", "error", "fn", "is_async", "quick", "runs", "tb")
+
+    def __init__(self, define: FnDef | None, error: BaseException | None = None) -> None:
+        self.define = define
+        self.fn: Callable[..., Any] | None = None
+        self.error = error
+        self.tb = None if error is None else error.__traceback__
+        self.is_async = False
+        # Run time of its sync calls (seconds, averaged) and how many were timed: a function
+        # known to be quick (see QUICK_CALL) does not get the output flushed before it.
+        self.quick = float("inf")
+        self.runs = 0
+
+    def timed(self, seconds: float) -> None:
+        """Count one sync call of ``seconds``."""
+        self.runs += 1
+        self.quick = seconds if self.runs == 1 else 0.7 * self.quick + 0.3 * seconds
+
+    def resolve(self) -> Callable[..., Any]:
+        if self.fn is not None:
+            return self.fn
+        if self.error is None:
+            assert self.define is not None
+            try:
+                self.fn = load_function(self.define)
+                self.is_async = is_async_callable(self.fn)
+                self.define = None
+                return self.fn
+            except BaseException as exc:
+                self.error, self.tb = exc, exc.__traceback__
+        # Each raise adds a frame to __traceback__: start from the original every time.
+        raise self.error.with_traceback(self.tb)
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a coroutine: a coroutine function, possibly inside
+    ``functools.partial`` (what keyword arguments become). Never raises."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn)

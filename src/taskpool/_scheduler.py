@@ -179,7 +179,7 @@ class Slot:
 
     def utilisation(self, now: float) -> float:
         """Busy share of the last 10 s (0-1)."""
-        running = [t.started_at for t in self.inflight if t._state is _RUNNING and t.started_at is not None]
+        running = [t._started_at for t in self.inflight if t._state is _RUNNING and t._started_at is not None]
         return self.busy.utilisation(now, running)
 
 
@@ -302,8 +302,8 @@ class Scheduler:
             self.free += 1  # a shrunk window may still be over-full: no room came back
         if unstarted and slot.budget is not None:
             slot.budget += 1
-        elif task.started_at is not None and task.finished_at is not None:
-            slot.busy.add(task.started_at, task.finished_at)
+        elif task._started_at is not None and task.finished_at is not None:
+            slot.busy.add(task._started_at, task.finished_at)
         if not slot.inflight and slot.state is _BUSY:
             slot.state = _IDLE
         return True
@@ -424,8 +424,8 @@ class Scheduler:
     def started(self, task: Task[Any], worker_id: int, at: float) -> None:
         """Count ``task`` as running: worker ``worker_id`` started it at ``at`` (epoch seconds)."""
         task._state = _RUNNING
-        task.started_at = at
-        task.worker_id = worker_id
+        task._started_at = at
+        task._worker_id = worker_id
         self.n_started += 1
         self.n_running += 1
 
@@ -439,7 +439,7 @@ class Scheduler:
         if task._held:
             task._held = False
             self.n_active -= 1
-            if task.started_at is not None:
+            if task._started_at is not None:
                 self.n_running -= 1
         else:
             self.n_queued -= 1

@@ -28,6 +28,7 @@ def status(core: PoolCore, field: str, kind: StatusType | str) -> Any:
     except ValueError:
         raise ValueError(f"unknown status kind {kind!r}; accepted: {', '.join(k.value for k in StatusType)}") from None
     sched = core.sched
+    core.sync_starts()
     if field == "*":
         if kind is StatusType.RAW:
             return {f: raw(core, f) for f in FIELDS}
@@ -47,6 +48,7 @@ def status(core: PoolCore, field: str, kind: StatusType | str) -> Any:
 def raw(core: PoolCore, field: str) -> list[TaskRecord]:
     """The records behind a status field (completed ones: the last ``keep_records``)."""
     sched = core.sched
+    core.sync_starts()
     done = list(sched.records)
     if field in ("succeeded", "failed", "cancelled"):
         state = TaskState(field)
@@ -69,6 +71,7 @@ def worker_snapshots(core: PoolCore, now: float | None = None) -> list[WorkerSna
     kind = core.options.worker
     caps = core.capabilities
     own_name = core.name if core.role != "pool" else None
+    core.sync_starts()
     out = []
     for slot in core.sched.slots:
         w = slot.worker

@@ -72,8 +72,10 @@ class Task(Generic[T]):
         "_owner",
         "_result",
         "_start_callbacks",
+        "_started_at",
         "_state",
         "_timer",
+        "_worker_id",
         "args",
         "dispatched_at",
         "finished_at",
@@ -82,9 +84,7 @@ class Task(Generic[T]):
         "meta",
         "queued_at",
         "slot",
-        "started_at",
         "timeout",
-        "worker_id",
     )
 
     def __init__(
@@ -105,9 +105,9 @@ class Task(Generic[T]):
         self.timeout: float | None = timeout
         self.queued_at: float = queued_at
         self.dispatched_at: float | None = None
-        self.started_at: float | None = None
+        self._started_at: float | None = None
         self.finished_at: float | None = None
-        self.worker_id: int | None = None
+        self._worker_id: int | None = None
         self._state = _QUEUED
         self._result: Any = None
         self._exc: BaseException | None = None
@@ -120,10 +120,42 @@ class Task(Generic[T]):
 
     # --- state -------------------------------------------------------------------------
 
+    def _sync(self) -> None:
+        """Held by a worker, not known to have started: take in a start the worker has not
+        reported yet (process workers tell starts through shared memory; see
+        ``taskpool._control``), so what is read here is true now."""
+        slot = self.slot
+        if self._state is _QUEUED and slot is not None and slot.worker is not None:
+            slot.worker.sync_starts()
+
     @property
     def state(self) -> TaskState:
         """The task's :class:`TaskState` (``QUEUED`` until its worker starts it)."""
+        if self._state is _QUEUED:
+            self._sync()
         return self._state
+
+    @property
+    def started_at(self) -> float | None:
+        """When its worker started it (epoch seconds, taken in the worker), else ``None``."""
+        if self._started_at is None:
+            self._sync()
+        return self._started_at
+
+    @started_at.setter
+    def started_at(self, value: float | None) -> None:
+        self._started_at = value
+
+    @property
+    def worker_id(self) -> int | None:
+        """The worker that ran (or runs) it, else ``None``."""
+        if self._worker_id is None:
+            self._sync()
+        return self._worker_id
+
+    @worker_id.setter
+    def worker_id(self, value: int | None) -> None:
+        self._worker_id = value
 
     def done(self) -> bool:
         """True once the task succeeded, failed or was cancelled."""
@@ -173,13 +205,15 @@ class Task(Generic[T]):
     @property
     def record(self) -> TaskRecord:
         """An immutable :class:`TaskRecord` of the task as it is now (no result in it)."""
+        if self._state is _QUEUED:
+            self._sync()
         return TaskRecord(
             id=self.id,
             meta=self.meta,
             state=self._state,
-            worker_id=self.worker_id,
+            worker_id=self._worker_id,
             queued_at=self.queued_at,
-            started_at=self.started_at,
+            started_at=self._started_at,
             finished_at=self.finished_at,
             error=describe_error(self._exc),
             dispatched_at=self.dispatched_at,
@@ -218,13 +252,16 @@ class Task(Generic[T]):
         """
         if not callable(cb):
             raise TypeError(f"add_start_callback() needs a callable, got {type(cb).__name__}")
-        if self.started_at is not None:
+        if self.started_at is not None:  # (synced: a start not yet reported counts)
             self._owner.run_callback("start_callback", cb, (self,), self)
             return
         if self._state in _FINAL:
             return  # settled without ever starting: never called
         if self._start_callbacks is None:
             self._start_callbacks = [cb]
+            slot = self.slot
+            if slot is not None and slot.worker is not None:
+                slot.worker.want_start(self)  # handed over already, maybe not told to report it
         else:
             self._start_callbacks.append(cb)
 

@@ -41,7 +41,10 @@ later calls carry only a small integer id. Plain arguments and results (None, bo
 float, str, small bytes, lists, dicts with str keys, a top-level tuple) travel as msgpack,
 anything else as pickle protocol 5 with buffers of :data:`~taskpool._frames.LARGE` bytes
 or more out of band (``PickleBuffer`` objects anywhere, and top-level ``bytes``,
-``bytearray`` and ``memoryview`` values), sent straight from the caller's memory.
+``bytearray`` and ``memoryview`` values), sent straight from the caller's memory. On the
+receiving side a ``bytearray``, ``memoryview`` or ``PickleBuffer``-backed value (a numpy
+array) *is* its segment, with no copy; a ``bytes`` value is copied once out of its
+segment, which then serves a later segment (warm memory: :mod:`taskpool._memory`).
 
 Decoding in the parent never lets an exception escape as itself: whatever unpickling
 raises, even a ``SystemExit`` from a ``__setstate__``, becomes a :class:`SerializationError`
@@ -50,17 +53,23 @@ raises, even a ``SystemExit`` from a ``__setstate__``, becomes a :class:`Seriali
 
 from __future__ import annotations
 
-import functools
-import inspect
 import pickle
-from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeAlias
 
 import msgspec
 
+from taskpool import _memory
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
 from taskpool._frames import LARGE, NO_LIMIT, Buffer, FrameParser, FrameProtocol, Message, WireError
-from taskpool._functions import FnDef, FnRef, FnValue, FunctionTable, define_function, load_function
+from taskpool._functions import (
+    FnDef,
+    FnRef,
+    FnValue,
+    FunctionTable,
+    define_function,
+    is_async_callable,
+    load_function,
+)
 
 __all__ = [
     "ERR_CANCELLED",
@@ -104,7 +113,7 @@ __all__ = [
     "load_function",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 FMT_VALUE: Final = 0
 FMT_TUPLE: Final = 1
@@ -132,7 +141,11 @@ class Call(Message, tag=1):
     """Run function ``fn`` (an id in the worker's function table) with the args payload.
 
     ``define`` carries the function the first time this worker sees ``fn`` (``fn == 0``:
-    a one-off, not remembered); ``drop`` lists ids the worker may forget.
+    a one-off, not remembered); ``drop`` lists ids the worker may forget. ``report``:
+    announce the start with ``Started`` before running it (the pool runs start callbacks,
+    a timeout or ``task.started`` subscribers for it); otherwise the start of a sync call
+    is told by its answer's ``started`` and, meanwhile, by the shared
+    :class:`~taskpool._control.ControlBlock`.
     """
 
     segmented: ClassVar[bool] = True
@@ -144,6 +157,7 @@ class Call(Message, tag=1):
     bufs: list[Any] = msgspec.field(default_factory=list)
     define: FnDef | None = None
     drop: list[int] = msgspec.field(default_factory=list)
+    report: bool = False
 
 
 class Cancel(Message, tag=2):
@@ -186,7 +200,10 @@ class Loading(Message, tag=25):
 
 
 class Result(Message, tag=22):
-    """Call ``id`` returned at ``at``; the value is the payload (``fmt``, ``data``, ``bufs``)."""
+    """Call ``id`` returned at ``at``; the value is the payload (``fmt``, ``data``, ``bufs``).
+
+    ``started``: when it began (0.0 when a ``Started`` told it already).
+    """
 
     segmented: ClassVar[bool] = True
 
@@ -195,6 +212,7 @@ class Result(Message, tag=22):
     data: Any
     bufs: list[Any] = msgspec.field(default_factory=list)
     at: float = 0.0
+    started: float = 0.0
 
 
 class Error(Message, tag=23):
@@ -204,7 +222,8 @@ class Error(Message, tag=23):
     :func:`rebuild_exception`): the one the call raised, or for ``ERR_UNSENDABLE`` the
     one serialising its result raised. ``traceback`` is the worker's formatted traceback
     of that exception; ``type_module``, ``type_qualname`` and ``message`` describe the
-    exception the parent should raise.
+    exception the parent should raise. ``started``: when the call began (0.0 when it
+    did not, or a ``Started`` told it already).
     """
 
     id: int
@@ -215,6 +234,7 @@ class Error(Message, tag=23):
     traceback: str
     pickled: bytes | None = None
     at: float = 0.0
+    started: float = 0.0
 
 
 class Publish(Message, tag=24):
@@ -384,6 +404,8 @@ def _describe(exc: BaseException) -> str:
 
 def _pickled_payload(obj: Any, *, for_child: bool) -> tuple[int, Any, list[Buffer]]:
     stream, bufs = _pickle(obj, for_child=for_child)
+    if bufs and max(memoryview(b).nbytes for b in bufs) >= _memory.RECYCLE_MIN:
+        _memory.large_buffer()  # a worker tunes malloc when large buffers start to flow
     if len(stream) >= LARGE:
         return FMT_PICKLE, None, [stream, *bufs]
     return FMT_PICKLE, stream, bufs
@@ -492,14 +514,6 @@ def load_published(msg: Publish) -> Any:
         raise SerializationError(
             f"cannot receive the data published on {msg.topic!r} from the worker: {_describe(exc)}"
         ) from exc
-
-
-def is_async_callable(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` gives a coroutine: a coroutine function, possibly inside
-    ``functools.partial`` (what keyword arguments become). Never raises."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn)
 
 
 # --------------------------------------------------------------------------- errors

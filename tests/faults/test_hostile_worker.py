@@ -22,7 +22,7 @@ import psutil
 import pytest
 import structlog.testing
 
-import taskpool._workers._process as process
+import taskpool._workers._calls as process
 from taskpool import FunctionPool, RestartPolicy, SerializationError, TaskCancelled, TaskTimeout, WorkerCrashed
 from taskpool._frames import HEADER, encode_frame
 from taskpool._spawn import MAX_LINE

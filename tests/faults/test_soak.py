@@ -63,7 +63,10 @@ def make_plan(rng: random.Random) -> list[tuple[Any, str, float | None, str]]:
     return plan
 
 
-async def test_soak() -> None:
+@pytest.mark.parametrize("intake", ["submit", "add_task"])
+async def test_soak(intake: str) -> None:
+    """``submit`` against ``max_queue`` (every start reported as it happens), or
+    ``add_task`` with no bound (starts told through the control block and the answers)."""
     rng = random.Random(SEED)
     plan = make_plan(rng)
     tasks: list[Task[Any]] = []
@@ -92,13 +95,17 @@ async def test_soak() -> None:
 
     policy = RestartPolicy(delay=0.01, backoff=1.0)
     t0 = time.monotonic()
-    async with FunctionPool(2, worker="process", max_queue=500, restart=policy, keep_records=1000) as pool:
+    max_queue = 500 if intake == "submit" else None
+    async with FunctionPool(2, worker="process", max_queue=max_queue, restart=policy, keep_records=1000) as pool:
         pool.then(then_hook).catch(catch_hook)
         async with pool.events.subscribe(
             "task.succeeded", "task.failed", "task.cancelled", "pool.hook_error", maxsize=4 * N
         ) as sub:
             for i, (fn, what, timeout, cancel) in enumerate(plan):
-                task = await pool.submit(fn, what, i, meta=i, timeout=timeout)
+                if max_queue is None:
+                    task = pool.add_task(fn, what, i, meta=i, timeout=timeout)
+                else:
+                    task = await pool.submit(fn, what, i, meta=i, timeout=timeout)
                 tasks.append(task)
                 task.add_done_callback(on_done)
                 if cancel == "now":

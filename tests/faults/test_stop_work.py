@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,21 +111,30 @@ async def test_cancelled_queued_call_never_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.uvloop
-async def test_sync_call_cancelled_while_its_start_is_on_the_way_is_stopped() -> None:
+@pytest.mark.parametrize("reported", [True, False], ids=["started-frame", "control-block"])
+async def test_sync_call_cancelled_while_its_start_is_on_the_way_is_stopped(reported: bool) -> None:
     """The pool cancels a call it still thinks is queued, but the worker has already
-    started it (its Started frame is in flight). A sync call cannot be interrupted: when
-    the late Started arrives, the worker must be killed, not left blocked."""
+    started it: its Started frame is in flight (a call whose start is reported), or the
+    control block was read an instant before the worker marked it begun (one whose start
+    is not). A sync call cannot be interrupted: once the pool learns it began (the late
+    Started, or the block read again after the cancel grace), the worker must be killed,
+    not left blocked."""
     async with Gate() as gate, FunctionPool(1, worker="process") as pool:
         pid = pool.snapshot().workers[0].pid
         assert pid is not None
-        channel = process_worker(pool, 0)._channel
+        worker = process_worker(pool, 0)
+        channel = worker._channel
+        block = worker._control
         channel.transport.pause_reading()  # the pool will not see Started for now
+        worker._control = _NothingBegunYet(block)  # nor, for a moment, the control block
         try:
-            task = pool.add_task(f.block_gate, gate.path, "stuck")
+            # A timeout asks for the start to be reported; without one it is not.
+            task = pool.add_task(f.block_gate, gate.path, "stuck", timeout=60 if reported else None)
             await gate.arrived("stuck")  # it is running in the worker
             assert task.state is TaskState.QUEUED  # as far as the pool knows
             assert task.cancel() is True
         finally:
+            worker._control = block
             channel.transport.resume_reading()
         async with asyncio.timeout(WAIT):
             assert isinstance(await settle(task), TaskCancelled)
@@ -133,3 +143,16 @@ async def test_sync_call_cancelled_while_its_start_is_on_the_way_is_stopped() ->
         assert gone(pid)
         assert pool.snapshot().workers[0].restarts == 1
         assert pool.status("started") == 1  # the follow-up only: the cancelled one never counted
+
+
+class _NothingBegunYet:
+    """A worker's control block, read as it was before any call began."""
+
+    def __init__(self, block: Any) -> None:
+        self._block = block
+
+    def begun(self) -> tuple[int, float, int]:
+        return 0, 0.0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._block, name)

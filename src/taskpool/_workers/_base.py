@@ -114,6 +114,11 @@ class WorkerHost(Protocol):
     def task_started(self, worker: Worker, task: Task[Any], at: float) -> None:
         """The worker began running ``task``."""
 
+    def start_wanted(self, task: Task[Any]) -> bool:
+        """Whether ``task``'s start must be reported as it happens (start callbacks, a
+        timeout, ``task.started`` subscribers); a kind that tells starts more cheaply
+        otherwise (see :meth:`Worker.sync_starts`) reports the others with their answer."""
+
     def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
         """``task`` ended: ``value`` is its result (``ok``) or its exception."""
 
@@ -206,6 +211,19 @@ class Worker(abc.ABC):
         ends when the call returns).
         """
         return True
+
+    def want_start(self, task: Task[Any]) -> None:
+        """``task``, held by this worker, got a start callback: report its start as it
+        happens from now on. Kinds that report every start need nothing here (the default)."""
+        return
+
+    def sync_starts(self) -> None:
+        """Report (``task_started``) every start that happened but was not reported yet.
+
+        Called before status is read. Kinds that report every start as it happens need
+        nothing here (the default).
+        """
+        return
 
     def memory(self) -> int | None:
         """The worker's resident memory in bytes (kinds with ``reports_memory``)."""

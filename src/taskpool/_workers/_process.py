@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import select
 import signal
 import time
 from collections.abc import Callable
@@ -44,17 +43,18 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .. import _wire
-from .._control import ControlCounter
+from .._control import ControlBlock
 from .._errors import SerializationError
 from .._frames import FrameProtocol, WireError
 from .._functions import FunctionTable
 from .._spawn import read_lines, spawn_child
-from ._base import CancelResult, Capabilities, Worker, WorkerExit, log_path
+from ._base import CancelResult, Capabilities, WorkerExit, log_path
+from ._calls import START_DEADLINE, START_POLL, ProcessCalls
 
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["CANCEL_GRACE", "START_DEADLINE", "START_TIMEOUT", "ProcessWorker"]
+__all__ = ["CANCEL_GRACE", "START_DEADLINE", "START_POLL", "START_TIMEOUT", "ProcessWorker"]
 
 #: Seconds an async call has to stop after Cancel before its worker is killed.
 CANCEL_GRACE = 1.0
@@ -65,9 +65,6 @@ STOP_GRACE = 5.0
 #: Seconds to read, after a worker died, what it wrote before dying (EOF normally comes at
 #: once; a process it forked may hold the socket open, and then it never comes).
 DRAIN_TIMEOUT = 1.0
-#: Seconds a worker that runs nothing has to answer (any frame) once a call was handed to
-#: it; silent longer, it is deemed frozen (e.g. SIGSTOPped) and killed.
-START_DEADLINE = 5.0
 
 
 class _Channel(FrameProtocol[_wire.ToParent]):
@@ -76,6 +73,38 @@ class _Channel(FrameProtocol[_wire.ToParent]):
     def __init__(self, worker: ProcessWorker) -> None:
         super().__init__(_wire.parent_parser(max_message=worker.spec.max_message_size))
         self.worker = worker
+        self._rest_fd = -1  # our own copy of the socket's fd: see connection_lost
+        self._broken = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._rest_fd = os.dup(sock.fileno())
+            os.set_blocking(self._rest_fd, False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel is gone. After an error (a write to a worker that just died fails),
+        the transport reads nothing more: what the worker wrote before dying, answers
+        included, still waits in the socket, read here from our own copy of its fd (the
+        transport may have closed its own already)."""
+        fd, self._rest_fd = self._rest_fd, -1
+        try:
+            while exc is not None and fd >= 0 and not self._broken:
+                buf = self.parser.get_buffer(-1)
+                try:
+                    n = os.readv(fd, [buf])
+                except OSError:  # nothing more (EAGAIN), or the socket is gone
+                    n = 0
+                finally:
+                    buf.release()
+                if n <= 0:
+                    break
+                self.buffer_updated(n)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            super().connection_lost(exc)
 
     def buffer_updated(self, nbytes: int) -> None:
         w = self.worker
@@ -88,6 +117,7 @@ class _Channel(FrameProtocol[_wire.ToParent]):
             for msg in exc.messages:
                 w._on_message(msg)
             w._kill_for(f"channel broken: {exc}")
+            self._broken = True
             if self.transport is not None:
                 self.transport.abort()  # nothing after a bad frame can be trusted
             w.host.batch_done()
@@ -98,15 +128,16 @@ class _Channel(FrameProtocol[_wire.ToParent]):
             w.host.batch_done()
 
 
-class ProcessWorker(Worker):
+class ProcessWorker(ProcessCalls):
     """A worker process, spawned fresh (never forked), talking msgspec frames."""
 
     kind = "process"
-    # Calls pipelined per worker: 8 keeps a worker busy through the round trip (see
-    # docs/benchmarks.md); work stealing (reclaim) keeps a long call from holding them.
+    # Calls pipelined per worker: 64 while calls are short (the window shrinks to one
+    # under long calls: adaptive), so a batch of answers shares one write and one read;
+    # work stealing (reclaim) keeps a long call from holding queued ones.
     capabilities = Capabilities(
         isolated=True,
-        window=8,
+        window=64,
         adaptive_window=True,
         reclaims_unstarted=True,
         has_pid=True,
@@ -116,32 +147,14 @@ class ProcessWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._proc: asyncio.subprocess.Process | None = None
-        self._channel: _Channel | None = None
         self._table = FunctionTable()
-        self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered
-        self._returning: set[int] = set()  # cancelled only to be handed back unstarted
-        self._running: set[int] = set()  # begun (loading or started), not yet answered
-        self._control: ControlCounter | None = None  # control frames sent, shared with the worker
         self._async_fns: dict[int, bool] = {}  # function id (as the table holds it) -> async
-        self._async_calls: set[int] = set()  # sent calls of coroutine functions (cancellable in the child)
-        # Begun by loading its function (user code: it may kill the worker), not Started
-        # yet: id -> when loading began. Reported as started only if it ends before Started.
-        self._loading: dict[int, float] = {}
         self._hello: asyncio.Future[_wire.Hello] | None = None
         self._stopping = False
         self._retired = False
-        self._killed = False  # we killed it: no call starts on it any more
         self._pid: int | None = None
-        self._timers: dict[int, asyncio.TimerHandle] = {}  # call id -> its cancel deadline
         self._stop_timer: asyncio.TimerHandle | None = None
-        self._ended = False  # run() returned: no timer may be started any more
         self._logfile: IO[str] | None = None
-        # Liveness (START_DEADLINE): a watchdog ticking a few times per deadline, fed by
-        # one flag per read, so the hot path pays no timer per call.
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._heard = False  # bytes came from the worker since the last tick
-        self._quiet_since: float | None = None  # when it was first seen silent with calls to start
-        self._unsent_seen: int | None = None  # bytes still to write to it when last seen silent
         self._broken: str | None = None  # why we killed it (bad frame, frozen)
 
     @property
@@ -153,7 +166,7 @@ class ProcessWorker(Worker):
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         loop = self.host.loop
         self._hello = loop.create_future()
-        control = self._control = ControlCounter.create()
+        control = self._control = ControlBlock.create()
         try:
             proc, channel = await spawn_child(
                 functools.partial(_Channel, self),
@@ -205,6 +218,7 @@ class ProcessWorker(Worker):
                 self._watch()  # the liveness watchdog, from now until the worker ends
                 await proc.wait()
                 await self._drain(channel)
+                self._read_journal()
                 self._report_loading()
             return self._exit_info(proc.returncode)
         except TimeoutError:
@@ -242,6 +256,9 @@ class ProcessWorker(Worker):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._start_poll is not None:
+            self._start_poll.cancel()
+            self._start_poll = None
 
     @staticmethod
     async def _drain(channel: _Channel) -> None:
@@ -307,6 +324,8 @@ class ProcessWorker(Worker):
             if task is None:
                 return
             self._answered(msg.id)
+            if msg.started:  # its start was not reported (see taskpool._control)
+                self._started_late(task, msg.started)
             try:
                 value = _wire.load_result(msg)
             except SerializationError as exc:
@@ -322,7 +341,7 @@ class ProcessWorker(Worker):
             if task is not None:
                 host.task_started(self, task, msg.at)
         elif type(msg) is _wire.Loading:
-            if self._begin(msg.id) is not None:
+            if self._begin(msg.id, loading=True) is not None:
                 self._loading[msg.id] = msg.at
         elif type(msg) is _wire.Error:
             task = self._calls.pop(msg.id, None)
@@ -330,7 +349,9 @@ class ProcessWorker(Worker):
                 return
             self._answered(msg.id)
             loading = self._loading.pop(msg.id, None)
-            if loading is not None:  # it failed to load: it began, and ended, there
+            if msg.started:
+                self._started_late(task, msg.started)
+            elif loading is not None:  # it failed to load: it began, and ended, there
                 host.task_started(self, task, loading)
             if msg.id in self._returning and msg.kind == _wire.ERR_CANCELLED:
                 self._returning.discard(msg.id)
@@ -347,9 +368,9 @@ class ProcessWorker(Worker):
         elif type(msg) is _wire.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(msg)
 
-    def _begin(self, call_id: int) -> Task[Any] | None:
-        """Call ``call_id`` began in the worker (Loading, or Started without one): its
-        task, or None when it does not run here after all."""
+    def _begin(self, call_id: int, loading: bool = False) -> Task[Any] | None:
+        """Call ``call_id`` began in the worker (``loading`` its function, or Started
+        without Loading): its task, or None when it does not run here after all."""
         task = self._calls.get(call_id)
         # Once we killed the worker, what it starts is as good as unstarted: those calls
         # go back to the queue (the kill was decided before they began).
@@ -359,26 +380,13 @@ class ProcessWorker(Worker):
         self._running.add(call_id)
         if task.done() and call_id not in self._async_calls:
             # Cancelled while its start was on the way: our Cancel reaches the child only
-            # after the call, which nothing can interrupt. Stop it.
-            self._retire_now(f"call {call_id} was cancelled as it started")
+            # after the call, which nothing can interrupt. Stop it, unless the control
+            # block says it has returned already (its answer is on the way).
+            block = self._control
+            if loading or block is None or block.begun()[2] == self._numbers.get(call_id):
+                self._retire_now(f"call {call_id} was cancelled as it started")
             return None
         return task
-
-    def _report_loading(self) -> None:
-        """The worker is gone: a call it died loading had begun (it fails as crashed,
-        rather than being handed to the next worker to die the same way)."""
-        for call_id, at in self._loading.items():
-            task = self._calls.get(call_id)
-            if task is not None:
-                self.host.task_started(self, task, at)
-        self._loading.clear()
-
-    def _answered(self, call_id: int) -> None:
-        self._running.discard(call_id)
-        self._async_calls.discard(call_id)
-        h = self._timers.pop(call_id, None)
-        if h is not None:
-            h.cancel()
 
     def _say(self, line: str) -> None:
         """Report ``line`` on the worker's stderr stream (and in its log file)."""
@@ -392,48 +400,6 @@ class ProcessWorker(Worker):
             self._broken = why
             self._say(f"taskpool: {why}; killing worker")
         self.kill()
-
-    # --- liveness: START_DEADLINE --------------------------------------------------------
-
-    def _watch(self) -> None:
-        """Tick of the liveness watchdog (armed once the worker answered its handshake).
-
-        A worker holding calls and running none must answer at once: silent for
-        ``START_DEADLINE`` seconds, it is frozen (a stopped process, say), and is killed:
-        its calls go back to the queue. A worker running a call, however long, is never
-        timed here, and any byte from it proves it alive.
-        """
-        every = START_DEADLINE / 5
-        self._watchdog = None if self._ended else self.host.loop.call_later(every, self._watch)
-        if self._heard or not self._calls or self._running or self._killed:
-            self._heard = False
-            self._quiet_since = self._unsent_seen = None
-            return
-        now = self.host.loop.time()
-        if self._quiet_since is None:
-            self._quiet_since = now
-            return
-        if now - self._quiet_since < START_DEADLINE:
-            return
-        channel = self._channel
-        if channel is not None and _readable(channel):
-            self._quiet_since = None  # its frames wait unread (our loop was late): it is alive
-            return
-        unsent = self._unsent()
-        if unsent and (self._unsent_seen is None or unsent < self._unsent_seen):
-            # A call too large for the socket's buffers is still being written, and the
-            # worker keeps reading it: give it another deadline.
-            self._quiet_since, self._unsent_seen = now, unsent
-            return
-        self._kill_for(f"no answer within {START_DEADLINE} s of being handed a call while idle: frozen")
-
-    def _unsent(self) -> int:
-        """Bytes queued for the worker that it has not read yet (ours, in the transport)."""
-        channel = self._channel
-        if channel is None or channel.transport is None:
-            return 0
-        backlog = sum(v.nbytes for v in channel._backlog)
-        return len(channel.writer) + channel.transport.get_write_buffer_size() + backlog
 
     # --- the pool's side -----------------------------------------------------------------
 
@@ -449,7 +415,14 @@ class ProcessWorker(Worker):
         if channel is None or channel.transport is None:
             self.host.loop.call_soon(self._fail_unsent, task, WireError("worker channel closed"))
             return
-        self._calls[task.id] = task
+        report = self._control is None or self.host.start_wanted(task)
+        try:
+            # An idle worker gets it at once (latency); to a busy one, more calls are
+            # likely this loop iteration: one write at its end.
+            channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop, report), now=not self._calls)
+        except SerializationError as exc:  # over max_message_size
+            self.host.loop.call_soon(self._fail_unsent, task, exc)
+            return
         # Known now (a settled task's fn is gone), and cached per function the worker holds.
         is_async = self._async_fns.get(fn_id) if fn_id else None
         if is_async is None:
@@ -458,9 +431,7 @@ class ProcessWorker(Worker):
                 self._async_fns[fn_id] = is_async
         for gone in drop:
             self._async_fns.pop(gone, None)
-        if is_async:
-            self._async_calls.add(task.id)
-        channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop))
+        self._sent_call(task, is_async)
 
     def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
         if isinstance(exc, WireError):
@@ -470,22 +441,46 @@ class ProcessWorker(Worker):
         self.host.batch_done()
 
     def cancel(self, task: Task[Any]) -> CancelResult:
-        if task.id not in self._calls:
+        call_id = task.id
+        if call_id not in self._calls:
             return CancelResult.STOPPING  # already answered, or never sent
-        running = task.id in self._running
-        if running and task.id not in self._async_calls:
+        sync = call_id not in self._async_calls
+        running = call_id in self._running
+        began = running
+        block = self._control
+        if not running and block is not None and call_id not in self._loading:
+            # Its start may not have been reported: the control block tells.
+            begun, _, now = block.begun()
+            n = self._numbers.get(call_id, 0)
+            began = n <= begun
+            running = began and (not sync or now == n)
+            if began and not running:
+                return CancelResult.STOPPING  # it has returned: its answer is on the way
+        if running and sync:
             # A running sync call cannot be interrupted: the worker must go.
             return CancelResult.UNSTOPPABLE
-        self._write(_wire.Cancel(task.id))
-        if running and not self._ended:
+        self._write(_wire.Cancel(call_id))
+        if not self._ended and (began or (sync and block is not None)):
+            # Running: it has CANCEL_GRACE to stop. Not begun: the worker may start it
+            # before it reads the Cancel; then, still running after the grace, it is stopped.
             grace = CANCEL_GRACE if self.spec.cancel_grace is None else self.spec.cancel_grace
-            self._timers[task.id] = self.host.loop.call_later(grace, self._cancel_overdue, task.id)
+            self._timers[call_id] = self.host.loop.call_later(grace, self._cancel_overdue, call_id, grace)
         return CancelResult.STOPPING
 
-    def _cancel_overdue(self, call_id: int) -> None:
+    def _cancel_overdue(self, call_id: int, grace: float) -> None:
         self._timers.pop(call_id, None)
-        if call_id in self._calls:
+        if call_id not in self._calls:
+            return
+        block = self._control
+        if call_id in self._async_calls or call_id in self._running or block is None:
             self._retire_now(f"call {call_id} ignored cancellation")
+            return
+        begun, _, now = block.begun()
+        if now == self._numbers.get(call_id):
+            self._retire_now(f"call {call_id} was cancelled as it started")
+        elif not self._ended and self._numbers.get(call_id, 0) > begun:
+            # Still waiting behind a long call: look again later.
+            self._timers[call_id] = self.host.loop.call_later(grace, self._cancel_overdue, call_id, grace)
 
     def _retire_now(self, why: str) -> None:
         """Kill the worker for work that cannot be stopped otherwise; the pool replaces
@@ -535,6 +530,8 @@ class ProcessWorker(Worker):
                 proc.terminate()
 
     def kill(self) -> None:
+        if not self._killed and self._control is not None:
+            self._killed_after = self._control.begun()[0]
         self._killed = True
         proc = self._proc
         if proc is not None and proc.returncode is None:
@@ -564,17 +561,6 @@ class ProcessWorker(Worker):
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _readable(channel: _Channel) -> bool:
-    """Bytes from the worker (or its EOF) wait unread in the channel's socket."""
-    t = channel.transport
-    sock = t.get_extra_info("socket") if t is not None else None
-    if sock is None or not hasattr(select, "poll"):
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:

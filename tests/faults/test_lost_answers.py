@@ -1,0 +1,67 @@
+"""A worker that dies loses no answer it had produced.
+
+- Answers of quick calls wait in the worker to be written in one go; they are copied to
+  the control block's journal first, and read from there once it died.
+- Answers written just before dying stay unread in the socket when the pool's next write
+  to the dead worker fails; they are still read.
+
+Either way a call that returned is reported with its result, never as crashed (nor run
+again); only the call that killed the worker fails, and those it never began run on its
+replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from taskpool import FunctionPool, RestartPolicy, WorkerCrashed
+
+from .._support import WAIT, process_worker, settle
+from . import _faults as x
+from ._poll import gone, poll_until
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60), pytest.mark.uvloop]
+
+
+async def test_answers_waiting_in_a_dying_worker_come_from_its_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Answers are held for at most FLUSH_AGE: long enough here that a slow machine still
+    # holds them all when the worker dies.
+    monkeypatch.setenv("TASKPOOL_FLUSH_AGE", "30")
+    async with FunctionPool(1, worker="process", restart=RestartPolicy(delay=0.01)) as pool:
+        for i in range(8):  # the function is known to be quick from now on
+            assert await pool.add_task(x.soak_sync, "ok", i) == 2 * i
+        worker = process_worker(pool, 0)
+        before = [pool.add_task(x.soak_sync, "ok", i) for i in range(20)]
+        crash = pool.add_task(x.soak_sync, "crash", 99)
+        after = [pool.add_task(x.soak_sync, "ok", i) for i in range(20, 25)]
+        async with asyncio.timeout(WAIT):
+            outcomes: list[Any] = [await settle(t) for t in before]
+            crashed = await settle(crash)
+            rerun = [await settle(t) for t in after]
+    assert outcomes == [2 * i for i in range(20)]
+    assert isinstance(crashed, WorkerCrashed)
+    assert rerun == [2 * i for i in range(20, 25)]  # never begun: run on the replacement
+    assert worker._from_journal > 0  # some answers were only in the journal
+
+
+async def test_answers_unread_when_a_write_to_the_dead_worker_fails_are_read() -> None:
+    async with FunctionPool(1, worker="process", restart=RestartPolicy(delay=0.01)) as pool:
+        assert await pool.add_task(x.soak_sync, "ok", 0) == 0
+        pid = pool.snapshot().workers[0].pid
+        assert pid is not None
+        channel = process_worker(pool, 0)._channel
+        channel.transport.pause_reading()  # its answers stay in the socket
+        done = [pool.add_task(x.soak_sync, "ok", i) for i in range(1, 6)]
+        crash = pool.add_task(x.soak_sync, "crash", 99)
+        await poll_until(lambda: gone(pid), "the worker to exit")
+        # Written to the dead worker: the write fails, and the transport stops reading.
+        late = pool.add_task(x.soak_sync, "ok", 7)
+        async with asyncio.timeout(WAIT):
+            outcomes = [await settle(t) for t in done]
+            crashed = await settle(crash)
+            assert await late == 14  # handed back unstarted, run on the replacement
+    assert outcomes == [2 * i for i in range(1, 6)]
+    assert isinstance(crashed, WorkerCrashed)
