@@ -144,6 +144,11 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds:,.2f} s"
 
 
+def fmt_micros(seconds: float) -> str:
+    """Seconds as microseconds with two decimals: for per-call costs compared row to row."""
+    return f"{seconds * 1e6:,.2f} µs"
+
+
 def fmt_rate(per_second: float) -> str:
     return f"{per_second:,.0f}/s"
 
@@ -184,6 +189,7 @@ def fmt_auto(key: str, value: object) -> str:
 
 _FORMATTERS: dict[str, Callable[[Any], str]] = {
     "seconds": fmt_seconds,
+    "micros": fmt_micros,
     "rate": fmt_rate,
     "bytes": fmt_bytes,
     "mibps": fmt_mibps,

@@ -2,7 +2,7 @@
 
 Usage, from the repository root::
 
-    python -m benchmarks.run                  # everything (about 5 minutes on 2 CPUs)
+    python -m benchmarks.run                  # everything (about 6 minutes on 2 CPUs)
     python -m benchmarks.run --quick          # CI smoke mode
     python -m benchmarks.run --only process --json results.json > report.md
 

@@ -130,9 +130,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from ._loop import new_event_loop
+    from ._loop import run
     from ._options import MAX_WORKERS, check_count, check_grace
     from ._restart import RestartPolicy
     from ._serve import EXIT_BAD_TARGET, resolve_target, serve
@@ -163,23 +161,17 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             return fail(f"cannot use --log-dir {args.log_dir}: {exc}")
     _quiet_logs()
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(
-            serve(
-                fn,
-                name=args.name or args.target.rpartition(":")[2],
-                instances=args.instances,
-                restart=policy,
-                log_dir=args.log_dir,
-                grace=args.grace,
-                worker=args.worker,
-            )
+    return run(  # on uvloop when it is installed
+        serve(
+            fn,
+            name=args.name or args.target.rpartition(":")[2],
+            instances=args.instances,
+            restart=policy,
+            log_dir=args.log_dir,
+            grace=args.grace,
+            worker=args.worker,
         )
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

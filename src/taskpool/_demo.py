@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import anyio
 
-from ._loop import new_event_loop
+from ._loop import run
 from ._pool import FunctionPool
 from ._types import StatusType, TaskEvent
 from .examples import basic_workers, process_pool, shared_workers, stateful_chaining
@@ -119,11 +119,8 @@ def run_demo(names: list[str], *, worker: str, progress: str) -> int:
                 console.print(f"=== {title} ({name}, worker={worker}) ===\n")
                 await scenario(console.print, worker, watch_pool)
 
-    loop = new_event_loop()
     try:
-        loop.run_until_complete(_main())
+        run(_main())  # on uvloop when it is installed
     except KeyboardInterrupt:
         return 130
-    finally:
-        loop.close()
     return 0

@@ -1,11 +1,19 @@
-"""Event loops taskpool owns: uvloop's where it is installed, else asyncio's."""
+"""Event loops taskpool owns: uvloop's where it is installed, else asyncio's.
+
+Whatever runs a loop of taskpool's own goes through here: the command line (``taskpool
+demo``, ``taskpool serve``) with :func:`run`, thread workers with :func:`new_event_loop`,
+process workers with :func:`loop_factory` (``--loop`` of the worker's command line).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["loop_factory", "new_event_loop"]
+__all__ = ["loop_factory", "new_event_loop", "run"]
+
+T = TypeVar("T")
 
 
 def loop_factory(kind: str = "auto") -> tuple[Callable[[], asyncio.AbstractEventLoop], bool]:
@@ -32,3 +40,27 @@ def loop_factory(kind: str = "auto") -> tuple[Callable[[], asyncio.AbstractEvent
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """A new event loop: uvloop's when it is installed, else asyncio's default."""
     return loop_factory()[0]()
+
+
+def run(main: Coroutine[Any, Any, T], *, kind: str = "auto") -> T:
+    """Run ``main`` on a new loop of ``kind`` (see :func:`loop_factory`) and close it.
+
+    Like :func:`asyncio.run`: the first Ctrl-C cancels ``main`` and raises
+    :class:`KeyboardInterrupt` (unless ``main`` handles SIGINT itself); tasks still pending
+    at the end are cancelled, async generators and the default executor shut down. The loop
+    is the thread's current event loop while it runs.
+
+    Raises:
+        ValueError, ImportError: as :func:`loop_factory` (``main`` is then closed, unrun).
+    """
+    try:
+        factory, _ = loop_factory(kind)
+    except BaseException:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        asyncio.set_event_loop(runner.get_loop())
+        try:
+            return runner.run(main)
+        finally:
+            asyncio.set_event_loop(None)

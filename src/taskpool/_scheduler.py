@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import _gc
 from ._types import TaskRecord, TaskState, WorkerState
 
 if TYPE_CHECKING:
@@ -193,6 +194,7 @@ class Scheduler:
 
     def __init__(self, *, keep_records: int) -> None:
         self.queue: collections.deque[Task[Any]] = collections.deque()
+        _gc.watch(self.queue)  # a long queue keeps the cyclic GC off its tasks (see _gc)
         self.slots: list[Slot] = []
         self.free: int = 0  # sum over accepting slots of _room(slot)
         self.n_total: int = 0
