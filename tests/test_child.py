@@ -993,11 +993,16 @@ class FakeHost:
     def start_wanted(self, task: FakeTask) -> bool:
         return True  # every start reported as it happens: the tests read the order
 
-    def task_finished(self, worker: Any, task: FakeTask, ok: bool, value: Any, at: float) -> None:
+    def task_finished(self, worker: Any, task: FakeTask, ok: bool, value: Any, at: float, started: float = 0.0) -> None:
+        if started:
+            self.task_started(worker, task, started)
         self.reports.put_nowait(("finished", task.id, ok, value, at))
 
     def task_returned(self, worker: Any, task: FakeTask) -> None:
         self.reports.put_nowait(("returned", task.id))
+
+    def batch_begin(self) -> None:
+        pass
 
     def batch_done(self) -> None:
         pass

@@ -57,6 +57,7 @@ from taskpool._wire import (
     ERR_RAISED,
     FMT_PICKLE,
     Call,
+    Calls,
     Cancel,
     Error,
     Hello,
@@ -172,10 +173,11 @@ class CallServer(FrameProtocol[ToChild]):
         t = type(msg)
         if t is Call:
             assert isinstance(msg, Call)
-            self.calls_read += 1
-            self.queue.append(_Job(msg, self._slot(msg), self.calls_read))
-            for fn_id in msg.drop:
-                self.fns.pop(fn_id, None)
+            self._take(msg)
+        elif t is Calls:
+            assert isinstance(msg, Calls)
+            for call in msg.calls:
+                self._take(call)
         elif t is Cancel:
             assert isinstance(msg, Cancel)
             self.controls_read += 1
@@ -183,6 +185,13 @@ class CallServer(FrameProtocol[ToChild]):
         else:
             self.controls_read += 1
             self._shutdown()
+
+    def _take(self, msg: Call) -> None:
+        """Queue a call (numbered in arrival order: see taskpool._control)."""
+        self.calls_read += 1
+        self.queue.append(_Job(msg, self._slot(msg), self.calls_read))
+        for fn_id in msg.drop:
+            self.fns.pop(fn_id, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The parent closed the channel (or died): stop everything."""

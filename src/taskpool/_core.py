@@ -44,7 +44,7 @@ import structlog
 
 from . import _context
 from ._errors import PoolBroken, PoolClosed, QueueFull, TaskCancelled, TaskTimeout, WorkerCrashed, as_task_failed
-from ._events import EventBus, set_if_pending
+from ._events import EventBus
 from ._hooks import Hooks, in_hook
 from ._lifecycle import Extra, Lifecycle
 from ._options import PoolOptions, check_callable, check_timeout
@@ -60,6 +60,7 @@ from ._types import (
     WorkerLogEvent,
     WorkerState,
 )
+from ._waiter import Waiter, Wakeup, run_wakeups
 from ._workers import CancelResult, Capabilities, Worker, WorkerExit, WorkerSpec, backend
 
 __all__ = ["Extra", "PoolCore"]
@@ -149,6 +150,8 @@ class PoolCore(Lifecycle):
         self._join_waiters: list[asyncio.Future[None]] = []
         self.room_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._check_scheduled = False
+        self._in_batch = False  # between a worker's batch_begin and batch_done
+        self._wakeups: list[Wakeup] = []  # awaiters to resume at batch_done
 
     # --- SlotHost: what the supervisor asks ---------------------------------------------------
 
@@ -405,30 +408,45 @@ class PoolCore(Lifecycle):
             if slot.worker is not None and slot.inflight:
                 slot.worker.sync_starts()
 
-    def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
+    def task_finished(
+        self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float, started: float = 0.0
+    ) -> None:
         """``task`` ended on ``worker``: ``value`` is its result (``ok``) or its exception.
 
-        Releases it from its slot, then settles it unless it settled already (a stale
-        report from a worker it was taken from is ignored).
+        ``started``: when it began, if that was not reported yet (0.0: it was, or it
+        never began). Releases it from its slot, then settles it unless it settled
+        already (a stale report from a worker it was taken from is ignored).
         """
         slot = task.slot
         if slot is not None and slot.worker is not worker:
             return  # a stale report: the task was handed to another worker since
         state = task._state
+        if started and slot is not None:
+            if state is _QUEUED:
+                events = self.events
+                if task._start_callbacks is None and task.timeout is None and not events.active:
+                    self.sched.started(task, worker.id, started)  # nothing else to tell
+                    if self.room_waiters:
+                        self.wake_room()
+                else:
+                    self.task_started(worker, task, started)
+                state = task._state
+            elif task._started_at != started:
+                task._started_at = started  # sync_starts had only a later call's start time
         pending = state is _QUEUED or state is _RUNNING
         if pending:
             task.finished_at = at  # the worker's clock: the run time is the call's own
         if slot is not None:
             sched = self.sched
-            started = task._started_at
-            if started is None:
+            began = task._started_at
+            if began is None:
                 # It never ran (cancelled in the window, or refused before it began):
                 # its budget returns, and it counts for neither recycling nor the window.
                 sched.release(slot, task, unstarted=True)
             else:
                 sched.release(slot, task)
                 if slot.busy_ewma >= 0:  # an adaptive window
-                    sched.observe(slot, at - started)
+                    sched.observe(slot, at - began)
                 if self._recycles:
                     self.sup.after_task(slot, worker)
                 else:
@@ -449,10 +467,26 @@ class PoolCore(Lifecycle):
         if slot is not None:
             self.sched.give_back(slot, task)
 
+    def batch_begin(self) -> None:
+        """A batch of worker reports begins (called from a loop callback, not a task):
+        awaiters of tasks it settles resume at its end, in this loop iteration."""
+        self._in_batch = True
+
     def batch_done(self) -> None:
-        """A batch of worker reports was delivered: dispatch more work, check for drain."""
+        """A batch of worker reports was delivered: dispatch more work, check for drain,
+        then resume the awaiters of what it settled."""
+        self._in_batch = False
         self.pump()
         self.schedule_check()
+        wakeups = self._wakeups
+        if wakeups:
+            self._wakeups = []
+            loop = self.loop
+            if asyncio.current_task(loop) is None:
+                run_wakeups(loop, wakeups)
+            else:  # inside a task: no other task may run here, so through the loop
+                for fn, waiter, context in wakeups:
+                    loop.call_soon(fn, waiter, context=context)
 
     def worker_publish(self, worker: Worker, topic: str, data: Any, task_id: int | None) -> None:
         """Publish a user event a task on ``worker`` sent (``taskpool.publish``) on the worker buses."""
@@ -496,12 +530,8 @@ class PoolCore(Lifecycle):
         if callbacks is not None:
             task._callbacks = None
             for cb in callbacks:
-                if isinstance(cb, asyncio.Future):
-                    if not cb.done():
-                        if cb.get_loop() is self.loop:
-                            cb.set_result(None)
-                        else:
-                            cb.get_loop().call_soon_threadsafe(set_if_pending, cb)
+                if type(cb) is Waiter:
+                    cb.resolve(self._wakeups if self._in_batch else None, self.loop)
                 else:
                     hooks.run("done_callback", cb, (task,), task)
         events = self.events

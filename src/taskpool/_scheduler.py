@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _gc
+from ._task import describe_error
 from ._types import TaskRecord, TaskState, WorkerState
 
 if TYPE_CHECKING:
@@ -205,7 +206,9 @@ class Scheduler:
         self.n_succeeded: int = 0
         self.n_failed: int = 0
         self.n_cancelled: int = 0
-        self.records: collections.deque[TaskRecord] = collections.deque(maxlen=keep_records)
+        # The last keep_records settled tasks, as plain tuples: a TaskRecord each is
+        # built only when asked for (records), not once per task.
+        self._done: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=keep_records)
         self.keep_records: int = keep_records
         self.round_no: int = 0
         self.round_open: bool = False
@@ -453,7 +456,20 @@ class Scheduler:
         else:
             self.n_cancelled += 1
         if self.keep_records:
-            self.records.append(task.record)
+            exc = task._exc
+            self._done.append(
+                (
+                    task.id,
+                    task.meta,
+                    state,
+                    task._worker_id,
+                    task.queued_at,
+                    task._started_at,
+                    task.finished_at,
+                    None if exc is None else describe_error(exc),
+                    task.dispatched_at,
+                )
+            )
         if keep_in_round:
             self.round_tasks.append(task)
         self.round_settled += 1
@@ -471,6 +487,24 @@ class Scheduler:
         return None
 
     # --- raw views -----------------------------------------------------------------------
+
+    @property
+    def records(self) -> list[TaskRecord]:
+        """Records of the last ``keep_records`` settled tasks, oldest first."""
+        return [
+            TaskRecord(
+                id=i,
+                meta=meta,
+                state=state,
+                worker_id=worker_id,
+                queued_at=queued_at,
+                started_at=started_at,
+                finished_at=finished_at,
+                error=error,
+                dispatched_at=dispatched_at,
+            )
+            for i, meta, state, worker_id, queued_at, started_at, finished_at, error, dispatched_at in self._done
+        ]
 
     def queued_tasks(self) -> list[Task[Any]]:
         """Tasks in the pool's queue (not handed to a worker)."""

@@ -49,7 +49,7 @@ def raw(core: PoolCore, field: str) -> list[TaskRecord]:
     """The records behind a status field (completed ones: the last ``keep_records``)."""
     sched = core.sched
     core.sync_starts()
-    done = list(sched.records)
+    done = sched.records
     if field in ("succeeded", "failed", "cancelled"):
         state = TaskState(field)
         return [r for r in done if r.state is state]

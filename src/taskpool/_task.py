@@ -13,6 +13,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import TaskCancelled
 from ._types import TaskRecord, TaskState
+from ._waiter import Waiter
 
 __all__ = ["Task", "TaskOwner", "describe_error"]
 
@@ -267,19 +268,20 @@ class Task(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state not in _FINAL:
-            # A future of this awaiter's own: cancelling the awaiter cancels only it.
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # A waiter of this awaiter's own: cancelling the awaiter cancels only it.
+            waiter = Waiter(asyncio.get_running_loop())
             if self._callbacks is None:
-                self._callbacks = [fut]
+                self._callbacks = [waiter]
             else:
-                self._callbacks.append(fut)
+                self._callbacks.append(waiter)
             try:
-                yield from fut.__await__()
+                yield from waiter.__await__()
             finally:
-                if not fut.done() and self._callbacks is not None:
-                    # Cancelled awaiter: forget its future (the list is rebuilt at settle).
+                if not waiter.done() or waiter.cancelled():
+                    # Cancelled awaiter: forget its waiter (the list is rebuilt at settle).
                     try:
-                        self._callbacks.remove(fut)
+                        if self._callbacks is not None:
+                            self._callbacks.remove(waiter)
                     except ValueError:
                         pass
         return self.result()

@@ -81,6 +81,7 @@ __all__ = [
     "FMT_VALUE",
     "PROTOCOL_VERSION",
     "Call",
+    "Calls",
     "Cancel",
     "Error",
     "Hello",
@@ -158,6 +159,12 @@ class Call(Message, tag=1):
     define: FnDef | None = None
     drop: list[int] = msgspec.field(default_factory=list)
     report: bool = False
+
+
+class Calls(Message, tag=4):
+    """Several calls in one frame (none with out-of-band segments), in the order sent."""
+
+    calls: list[Call]
 
 
 class Cancel(Message, tag=2):
@@ -249,7 +256,7 @@ class Publish(Message, tag=24):
     bufs: list[Any] = msgspec.field(default_factory=list)
 
 
-ToChild: TypeAlias = Call | Cancel | Shutdown
+ToChild: TypeAlias = Call | Calls | Cancel | Shutdown
 ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish
 
 

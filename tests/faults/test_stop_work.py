@@ -156,3 +156,26 @@ class _NothingBegunYet:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._block, name)
+
+
+@pytest.mark.uvloop
+async def test_calls_to_a_busy_worker_share_a_frame_and_a_cancel_follows_its_call(tmp_path: Path) -> None:
+    """Calls handed to a busy worker in one loop iteration go in one frame, written at its
+    end; a Cancel for one of them is written after that frame, so the call never runs."""
+    async with Gate() as gate, FunctionPool(1, worker="process") as pool:
+        for i in range(5):  # short calls: the worker's window opens
+            await pool.add_task(f.add, i, i)
+        first = pool.add_task(f.wait_gate, gate.path, "first")
+        await gate.arrived("first")
+        markers = [str(tmp_path / f"ran-{i}") for i in range(8)]
+        burst = [pool.add_task(f.mark, m) for m in markers]
+        worker = process_worker(pool, 0)
+        assert [t for t, _ in worker._batch] == burst  # not written yet: one frame soon
+        assert burst[3].cancel() is True  # its Call is written first, then the Cancel
+        assert worker._batch == []
+        gate.release("first")
+        async with asyncio.timeout(WAIT):
+            assert await first == "first"
+            outcomes = [await settle(t) for t in burst]
+    assert isinstance(outcomes[3], TaskCancelled)
+    assert [os.path.exists(m) for m in markers] == [i != 3 for i in range(8)]

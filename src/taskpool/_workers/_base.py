@@ -119,11 +119,19 @@ class WorkerHost(Protocol):
         timeout, ``task.started`` subscribers); a kind that tells starts more cheaply
         otherwise (see :meth:`Worker.sync_starts`) reports the others with their answer."""
 
-    def task_finished(self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float) -> None:
-        """``task`` ended: ``value`` is its result (``ok``) or its exception."""
+    def task_finished(
+        self, worker: Worker, task: Task[Any], ok: bool, value: Any, at: float, started: float = 0.0
+    ) -> None:
+        """``task`` ended: ``value`` is its result (``ok``) or its exception. ``started``:
+        when it began, if ``task_started`` did not say so (0.0: it did, or it never began)."""
 
     def task_returned(self, worker: Worker, task: Task[Any]) -> None:
         """The worker hands back ``task`` unstarted (it is stopping, or it was reclaimed)."""
+
+    def batch_begin(self) -> None:
+        """A batch of reports begins (called from a loop callback, never from a task):
+        awaiters of the tasks it settles resume when it is done, in the same iteration.
+        Optional: a kind that does not call it has them resumed through the loop."""
 
     def batch_done(self) -> None:
         """A batch of reports was delivered: dispatch more work, check for drain."""

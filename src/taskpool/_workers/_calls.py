@@ -24,10 +24,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import select
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _wire
 from .._control import ControlBlock
+from .._errors import SerializationError
 from .._frames import FrameProtocol, WireError
 from ._base import Worker
 
@@ -67,6 +69,8 @@ class ProcessCalls(Worker):
         self._start_poll: asyncio.TimerHandle | None = None
         self._ended = False  # run() returned: no timer may be started any more
         self._timers: dict[int, asyncio.TimerHandle] = {}  # call id -> its cancel deadline
+        self._batch: list[tuple[Task[Any], _wire.Call]] = []  # calls to send in one frame
+        self._batch_handle: asyncio.Handle | None = None
         # Liveness (START_DEADLINE): a watchdog ticking a few times per deadline, fed by
         # one flag per read, so the hot path pays no timer per call.
         self._watchdog: asyncio.TimerHandle | None = None
@@ -83,12 +87,57 @@ class ProcessCalls(Worker):
         """Kill a worker that misbehaved, saying ``why``."""
 
     def _sent_call(self, task: Task[Any], is_async: bool) -> None:
-        """``task``'s Call frame was queued to the worker: number it."""
+        """``task`` was handed to the worker (its Call is queued to be written)."""
         self._calls[task.id] = task
-        self._sent += 1
-        self._numbers[task.id] = self._sent
         if is_async:
             self._async_calls.add(task.id)
+
+    def _send_batch(self) -> None:
+        self._batch_handle = None
+        self._put_batch()
+        channel = self._channel
+        if channel is not None:
+            channel.flush()
+
+    def _put_batch(self) -> None:
+        """Queue the batched calls as one frame (before any frame sent after them)."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        channel = self._channel
+        if channel is None or channel.transport is None:
+            return  # the worker is gone: its calls go back to the queue with it
+        try:
+            channel.writer.add(_wire.Calls([call for _, call in batch]) if len(batch) > 1 else batch[0][1])
+            for task, _ in batch:
+                self._number(task.id)
+        except SerializationError:
+            # Too large as one frame (each call is under the limit): one frame each.
+            for task, call in batch:
+                try:
+                    channel.writer.add(call)
+                except SerializationError as exc:  # never sent: answer it here
+                    self._calls.pop(task.id, None)
+                    self._answered(task.id)
+                    self.host.loop.call_soon(self._fail_unsent, task, exc)
+                else:
+                    self._number(task.id)
+        if channel._flush_handle is None:
+            channel._flush_handle = self.host.loop.call_soon(channel.flush)
+
+    def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
+        if isinstance(exc, WireError):
+            self.host.task_returned(self, task)  # the worker is going away: requeue
+        else:
+            self.host.task_finished(self, task, False, exc, time.time())
+        self.host.batch_done()
+
+    def _number(self, call_id: int) -> None:
+        """Call ``call_id``'s frame was written to the channel's writer: number it (the
+        worker numbers calls in the order their frames arrive)."""
+        self._sent += 1
+        self._numbers[call_id] = self._sent
 
     def _read_journal(self) -> None:
         """The worker is gone: take in the answers it had not written yet (kept in the
@@ -110,14 +159,6 @@ class ProcessCalls(Worker):
                     self._from_journal += 1
                 self._on_message(msg)
         self.host.batch_done()
-
-    def _started_late(self, task: Task[Any], at: float) -> None:
-        """Answered call ``task`` began at ``at`` (said by its answer, not by Started)."""
-        self._loading.pop(task.id, None)
-        if task._started_at is None:
-            self.host.task_started(self, task, at)
-        elif task.slot is not None and task.slot.worker is self:
-            task._started_at = at  # sync_starts took the start time of a later call
 
     def _report_loading(self) -> None:
         """The worker is gone: the calls it had begun fail as crashed, rather than being
@@ -177,11 +218,14 @@ class ProcessCalls(Worker):
     def _answered(self, call_id: int) -> None:
         """Call ``call_id`` was answered (or will never be): forget it."""
         self._numbers.pop(call_id, None)
-        self._running.discard(call_id)
-        self._async_calls.discard(call_id)
-        h = self._timers.pop(call_id, None)
-        if h is not None:
-            h.cancel()
+        if self._running:
+            self._running.discard(call_id)
+        if self._async_calls:
+            self._async_calls.discard(call_id)
+        if self._timers:
+            h = self._timers.pop(call_id, None)
+            if h is not None:
+                h.cancel()
 
     # --- liveness: START_DEADLINE --------------------------------------------------------
 

@@ -36,7 +36,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -109,23 +108,31 @@ class _Channel(FrameProtocol[_wire.ToParent]):
     def buffer_updated(self, nbytes: int) -> None:
         w = self.worker
         w._heard = True  # any byte from the worker proves it alive (see _watch)
+        host = w.host
         try:
             messages = self.parser.buffer_updated(nbytes)
         except WireError as exc:
             # What came before the bad frame is sound: a Started there decides that its
             # call crashed here rather than being requeued to break the next worker too.
-            for msg in exc.messages:
-                w._on_message(msg)
-            w._kill_for(f"channel broken: {exc}")
-            self._broken = True
-            if self.transport is not None:
-                self.transport.abort()  # nothing after a bad frame can be trusted
-            w.host.batch_done()
+            host.batch_begin()
+            try:
+                for msg in exc.messages:
+                    w._on_message(msg)
+                w._kill_for(f"channel broken: {exc}")
+                self._broken = True
+                if self.transport is not None:
+                    self.transport.abort()  # nothing after a bad frame can be trusted
+            finally:
+                host.batch_done()
             return
-        for msg in messages:
-            w._on_message(msg)
         if messages:
-            w.host.batch_done()
+            # Awaiters of what this batch settles resume at its end, this iteration.
+            host.batch_begin()
+            try:
+                for msg in messages:
+                    w._on_message(msg)
+            finally:
+                host.batch_done()
 
 
 class ProcessWorker(ProcessCalls):
@@ -259,6 +266,9 @@ class ProcessWorker(ProcessCalls):
         if self._start_poll is not None:
             self._start_poll.cancel()
             self._start_poll = None
+        if self._batch_handle is not None:
+            self._batch_handle.cancel()
+            self._batch_handle = None
 
     @staticmethod
     async def _drain(channel: _Channel) -> None:
@@ -324,14 +334,15 @@ class ProcessWorker(ProcessCalls):
             if task is None:
                 return
             self._answered(msg.id)
-            if msg.started:  # its start was not reported (see taskpool._control)
-                self._started_late(task, msg.started)
+            started = msg.started  # set when its start was not reported (see taskpool._control)
+            if started and self._loading:
+                self._loading.pop(msg.id, None)
             try:
                 value = _wire.load_result(msg)
             except SerializationError as exc:
-                host.task_finished(self, task, False, exc, msg.at)
+                host.task_finished(self, task, False, exc, msg.at, started)
             else:
-                host.task_finished(self, task, True, value, msg.at)
+                host.task_finished(self, task, True, value, msg.at, started)
         elif type(msg) is _wire.Started:
             if msg.id in self._loading:
                 del self._loading[msg.id]  # it had begun already: it runs here
@@ -349,16 +360,14 @@ class ProcessWorker(ProcessCalls):
                 return
             self._answered(msg.id)
             loading = self._loading.pop(msg.id, None)
-            if msg.started:
-                self._started_late(task, msg.started)
-            elif loading is not None:  # it failed to load: it began, and ended, there
+            if not msg.started and loading is not None:  # it failed to load: began, and ended, there
                 host.task_started(self, task, loading)
             if msg.id in self._returning and msg.kind == _wire.ERR_CANCELLED:
                 self._returning.discard(msg.id)
                 host.task_returned(self, task)
                 return
             self._returning.discard(msg.id)
-            host.task_finished(self, task, False, _wire.rebuild_exception(msg), msg.at)
+            host.task_finished(self, task, False, _wire.rebuild_exception(msg), msg.at, msg.started)
         elif type(msg) is _wire.Publish:
             try:
                 data = _wire.load_published(msg)
@@ -416,13 +425,23 @@ class ProcessWorker(ProcessCalls):
             self.host.loop.call_soon(self._fail_unsent, task, WireError("worker channel closed"))
             return
         report = self._control is None or self.host.start_wanted(task)
-        try:
-            # An idle worker gets it at once (latency); to a busy one, more calls are
-            # likely this loop iteration: one write at its end.
-            channel.send(_wire.Call(task.id, fn_id, fmt, data, bufs, define, drop, report), now=not self._calls)
-        except SerializationError as exc:  # over max_message_size
-            self.host.loop.call_soon(self._fail_unsent, task, exc)
-            return
+        call = _wire.Call(task.id, fn_id, fmt, data, bufs, define, drop, report)
+        if bufs or not self._calls:
+            # An idle worker gets it at once (latency); one with out-of-band segments
+            # travels in a frame of its own, after the calls sent before it.
+            self._put_batch()
+            try:
+                channel.send(call, now=not self._calls)
+            except SerializationError as exc:  # over max_message_size
+                self.host.loop.call_soon(self._fail_unsent, task, exc)
+                return
+            self._number(task.id)
+        else:
+            # To a busy worker, more calls are likely this loop iteration: one frame for
+            # all of them, written at its end.
+            self._batch.append((task, call))
+            if self._batch_handle is None:
+                self._batch_handle = self.host.loop.call_soon(self._send_batch)
         # Known now (a settled task's fn is gone), and cached per function the worker holds.
         is_async = self._async_fns.get(fn_id) if fn_id else None
         if is_async is None:
@@ -433,17 +452,11 @@ class ProcessWorker(ProcessCalls):
             self._async_fns.pop(gone, None)
         self._sent_call(task, is_async)
 
-    def _fail_unsent(self, task: Task[Any], exc: BaseException) -> None:
-        if isinstance(exc, WireError):
-            self.host.task_returned(self, task)  # the worker is going away: requeue
-        else:
-            self.host.task_finished(self, task, False, exc, time.time())
-        self.host.batch_done()
-
     def cancel(self, task: Task[Any]) -> CancelResult:
         call_id = task.id
         if call_id not in self._calls:
             return CancelResult.STOPPING  # already answered, or never sent
+        self._put_batch()  # numbered from here on, and its Cancel follows its Call
         sync = call_id not in self._async_calls
         running = call_id in self._running
         began = running
@@ -502,6 +515,7 @@ class ProcessWorker(ProcessCalls):
         """Send a control frame, and count it where the worker looks before each start."""
         channel = self._channel
         if channel is not None and channel.transport is not None:
+            self._put_batch()  # after the calls it may be about
             channel.send(msg)
             if self._control is not None:
                 self._control.bump()
