@@ -26,6 +26,8 @@ INTENDED = {
     "PoolClosed", "QueueFull", "PoolBroken", "RemoteTraceback",
     # persistent workers and supervision
     "import_persistent_worker", "PersistentWorker", "Service",
+    # large payloads: glibc's mmap threshold in the pool's own process (opt-in)
+    "tune_malloc",
 }  # fmt: skip
 
 TYPE_ALIASES = {"AnyEvent"}  # unions cannot carry a module or a docstring of their own

@@ -30,6 +30,7 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._events import EventBus, Subscription
+from ._memory import tune_malloc
 from ._restart import RestartPolicy
 from ._task import Task
 from ._types import (
@@ -91,6 +92,7 @@ __all__ = [
     "WorkerState",
     "import_persistent_worker",
     "publish",
+    "tune_malloc",
 ]
 
 

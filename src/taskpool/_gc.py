@@ -42,13 +42,15 @@ collection walks all that was frozen: one such pause per episode (and per renewa
 where the GC left alone would have made one every time the heap grew by a quarter. A
 program that calls
 :func:`gc.freeze` itself *during* an episode has its objects unfrozen when the episode
-ends. Episodes run on CPython with a GIL only; elsewhere :func:`watch` does nothing.
+ends. Episodes run on CPython with a GIL only; elsewhere :func:`watch` does nothing, and
+so it does with ``TASKPOOL_GC_FREEZE=0`` in the environment.
 """
 
 from __future__ import annotations
 
 import collections
 import gc
+import os
 import sys
 import sysconfig
 import threading
@@ -65,7 +67,12 @@ STOP = 5_000
 #: Seconds after which an episode ends anyway, letting a full collection see everything.
 RENEW_AFTER = 30.0
 
-SUPPORTED = sys.implementation.name == "cpython" and not sysconfig.get_config_var("Py_GIL_DISABLED")
+#: ``TASKPOOL_GC_FREEZE=0`` in the environment turns episodes off (see the trade-off above).
+SUPPORTED = (
+    sys.implementation.name == "cpython"
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+    and os.environ.get("TASKPOOL_GC_FREEZE", "1") != "0"
+)
 
 _queues: dict[int, weakref.ref[collections.deque[Any]]] = {}
 _lock = threading.Lock()  # watch() only: the GC hook never waits for it

@@ -187,7 +187,13 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int | None
 
     ``trim_threshold`` (default: ``mmap_threshold``) is how much free memory may stay at
     the top of the heap. Values are capped at 2 GiB - 1. Returns True when both were
-    set; False elsewhere than glibc or when ``mallopt`` refused (nothing raised).
+    set; False elsewhere than glibc or when ``mallopt`` refused. Worker processes do
+    this themselves; call it early in a program that sends or receives large buffers
+    (a 32 MiB echo: about 18 ms a round trip instead of 30). The cost: up to
+    ``trim_threshold`` bytes of freed memory stay in the process.
+
+    Raises:
+        ValueError: a threshold is negative.
     """
     global _tuned, _armed
     trim = mmap_threshold if trim_threshold is None else trim_threshold
