@@ -1,24 +1,34 @@
-"""Thread workers: each worker is a thread running its own event loop.
+"""Thread workers: plain threads, with an event loop only for coroutine tasks, made on demand.
 
 Nothing is serialised: the task's function and arguments are handed over as objects.
 Traffic in both directions is batched so a busy pool pays few cross-thread wake-ups::
 
-    pool loop                                   worker thread (own loop, uvloop if any)
+    pool loop                                   worker thread (plain: no event loop)
     ---------                                   -------------
-    send(task) -> inbox.append  --(wake only if the worker sleeps)-->  inbox.popleft()
-                                                                       run fn(*args)
-    _flush() <-(one call_soon_threadsafe per batch)--  outbox.append(("done", task, ...))
+    send(task) -> inbox.append --(release the wake lock, only if the thread sleeps on it)-->
+                                                inbox.popleft(); fn(*args) right here
+    _flush() <-(one call_soon_threadsafe per burst)-- outbox.append((_DONE, task, ...))
 
-A task's coroutine is awaited directly by the worker's serving coroutine; cancelling it
-cancels that coroutine and ``uncancel()`` s the server. A plain function runs on the
-worker thread and cannot be interrupted: cancelling or timing it out retires the
-worker (the thread ends when the call returns) and a fresh one takes its place.
+    fn(*args) gave a coroutine: the thread makes its event loop (once: uvloop if any) and
+    serves from it until it idles (nothing runs, the inbox is empty), then is plain again:
+                                                loop.run_until_complete(_serve_async(...))
+                                                  up to `concurrency` runners (the others
+                                                  start once a coroutine waits) share the
+                                                  inbox: await coroutines, call functions
+    send(task) -> inbox.append --(a runner idles: call_soon_threadsafe(awake.set))-->
+
+The thread sleeps by taking a lock that is held while no wake-up is owed; the pool (only
+the pool) releases it when it is held. A coroutine task is cancelled in the worker's loop
+(``cancel`` asks, the worker cancels) and the worker lives on. A plain function cannot be
+interrupted: cancelling or timing it out retires the worker (the thread ends when the
+call returns) and a fresh one takes its place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import threading
 import time
 import types
@@ -41,31 +51,42 @@ THREAD_EXIT_WAIT = 1.0
 _STARTED = 0
 _DONE = 1
 _PUBLISH = 2
-_RETURNED = 3
+_Coroutine = types.CoroutineType
 
 
 class ThreadWorker(Worker):
-    """A worker thread with its own event loop."""
+    """A worker thread: calls plain functions itself, runs an event loop for coroutines."""
 
     kind = "thread"
-    capabilities = Capabilities(isolated=False, window=64, adaptive_window=True, reclaims_unstarted=True)
+    capabilities = Capabilities(isolated=False, window=128, adaptive_window=True, reclaims_unstarted=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._inbox: collections.deque[Any] = collections.deque()
         self._outbox: collections.deque[tuple[int, Any, Any, Any, float]] = collections.deque()
         self._flush_pending = False
-        self._sleeping = False
-        self._wloop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._running: dict[Task[Any], asyncio.Task[None]] = {}  # task -> its runner
-        self._cancelling: set[Task[Any]] = set()
+        # The thread sleeps by taking _wake; the pool releases it to wake the thread.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._sleeping = False  # set by the thread before it sleeps; cleared by whoever wakes it
+        self._in_loop = False  # the thread runs (or is about to run) its event loop
+        self._wloop: asyncio.AbstractEventLoop | None = None  # made with the first coroutine
+        self._awake: asyncio.Event | None = None  # idle runners wait on it (in the loop)
+        self._idle = 0  # runners waiting for work
+        self._n_runners = 1  # runners serving: the first, and helpers once a coroutine waits
+        self._helpers: list[asyncio.Task[None]] = []
+        self._spawning = 0  # the loop turn to start helpers in (0: none asked)
+        self._turn = 0  # counts the loop's turns of service (from plain to idle)
+        self._leaving = False  # the loop went idle: its runners end, the thread is plain again
+        self._running: dict[Task[Any], asyncio.Task[Any]] = {}  # coroutine task -> its runner
+        self._stop_asked: set[Task[Any]] = set()  # the pool asked to stop them (any thread adds)
+        self._cancelling: set[Task[Any]] = set()  # runners cancelled for them (worker thread only)
+        self._killed = False
         self._sync_task: Task[Any] | None = None  # in a plain call: cannot be interrupted
         self._thread: threading.Thread | None = None
         self._ended: asyncio.Future[WorkerExit] | None = None
         self._gone: asyncio.Future[None] | None = None  # the thread has ended
         self._detached = False
-        self._stop_seen = False  # a runner took _STOP: ending is asked for, not a death
         self._name = f"taskpool-{self.spec.pool_name}-{self.id}"
 
     @property
@@ -81,14 +102,12 @@ class ThreadWorker(Worker):
 
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         loop = self.host.loop
-        ready: asyncio.Future[None] = loop.create_future()
         self._ended = loop.create_future()
         self._gone = loop.create_future()
-        self._thread = threading.Thread(target=self._main, args=(ready,), name=self._name, daemon=True)
+        self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
         self._thread.start()
         try:
-            await ready
-            on_ready()
+            on_ready()  # the inbox takes tasks before the thread looks at it
             exit = await self._ended
             if not self._detached:
                 # The thread reported its end and is exiting: see it gone, so a closed pool
@@ -103,35 +122,27 @@ class ThreadWorker(Worker):
             self.kill()
             raise
 
-    def _post(self, code: int, task: Any, a: Any = None, b: Any = None, at: float = 0.0) -> None:
-        """Worker thread -> pool loop, batched: one wake-up per burst of reports."""
-        self._outbox.append((code, task, a, b, at))
-        if not self._flush_pending:
-            self._flush_pending = True
-            try:
-                self.host.loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the pool's loop is closed: nobody is listening
-                pass
-
     def _flush(self) -> None:
         # Clear the flag before draining, so a report appended during the drain either
         # is drained now or schedules another flush: none is ever stranded.
         self._flush_pending = False
+        outbox = self._outbox
         if self._detached:
-            self._outbox.clear()
+            outbox.clear()
             return
         host = self.host
-        outbox = self._outbox
+        finished, started = host.task_finished, host.task_started
+        stop_asked = self._stop_asked
         while outbox:
             code, task, a, b, at = outbox.popleft()
             if code == _DONE:
-                host.task_finished(self, task, a, b, at)
+                if stop_asked:
+                    stop_asked.discard(task)
+                finished(self, task, a, b, at)
             elif code == _STARTED:
-                host.task_started(self, task, at)
-            elif code == _PUBLISH:
-                host.worker_publish(self, task, a, b)
+                started(self, task, at)
             else:
-                host.task_returned(self, task)
+                host.worker_publish(self, task, a, b)
         host.batch_done()
 
     def _end(self, exit: WorkerExit) -> None:
@@ -145,11 +156,18 @@ class ThreadWorker(Worker):
             self._poke()
 
     def _poke(self) -> None:
-        wloop, wake = self._wloop, self._wake
-        if wloop is not None and wake is not None:
+        """Wake the thread wherever it sleeps (a spare wake-up only costs it a look)."""
+        if self._in_loop:
+            self._in_worker_loop(self._set_awake)
+        elif self._wake.locked():  # only this (the pool's) thread releases it: no race
+            self._wake.release()
+
+    def _in_worker_loop(self, callback: Callable[[], None]) -> None:
+        wloop = self._wloop
+        if wloop is not None:
             try:
-                wloop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # worker loop already closed
+                wloop.call_soon_threadsafe(callback)
+            except RuntimeError:  # the worker's loop is closed: its thread is ending
                 pass
 
     def cancel(self, task: Task[Any]) -> CancelResult:
@@ -159,14 +177,12 @@ class ThreadWorker(Worker):
             pass
         else:
             return CancelResult.REMOVED
-        if self._sync_task is task:
-            return CancelResult.UNSTOPPABLE
-        wloop = self._wloop
-        if wloop is not None:
-            try:
-                wloop.call_soon_threadsafe(self._cancel_in_worker, task)
-            except RuntimeError:
-                pass
+        # Asked first, then looked at: a thread that took the task meanwhile either is
+        # seen in its call, or sees the ask before the call and skips it.
+        self._stop_asked.add(task)
+        if self._sync_task is task and not inspect.iscoroutinefunction(task.fn):
+            return CancelResult.UNSTOPPABLE  # (a coroutine function returns at once: stoppable)
+        self._in_worker_loop(self._cancel_asked)  # a coroutine (or done): cancelled if it runs
         return CancelResult.STOPPING
 
     def reclaim(self, task: Task[Any]) -> bool:
@@ -185,8 +201,9 @@ class ThreadWorker(Worker):
         # A thread cannot be killed: drop what it has not started, cancel what runs.
         self._inbox.clear()
         self._inbox.append(_STOP)
-        for task in list(self._running):
-            self.cancel(task)
+        self._killed = True
+        self._in_worker_loop(self._cancel_asked)
+        self._sleeping = False
         self._poke()
 
     def abandon(self) -> None:
@@ -195,6 +212,10 @@ class ThreadWorker(Worker):
         returned = [t for t in self._inbox if t is not _STOP]
         self._inbox.clear()
         self._inbox.append(_STOP)
+        self._killed = True  # its coroutines are the pool's no more: cancelled after the call
+        self._in_worker_loop(self._cancel_asked)
+        self._sleeping = False
+        self._poke()
         for t in returned:
             self.host.task_returned(self, t)
         self._end(WorkerExit(failed=False, reason="retired"))
@@ -209,108 +230,235 @@ class ThreadWorker(Worker):
 
     # --- worker thread -------------------------------------------------------------------
 
-    def _main(self, ready: asyncio.Future[None]) -> None:
-        loop = new_event_loop()
-        self._wloop = loop
+    def _main(self) -> None:
         try:
-            loop.run_until_complete(self._serve(ready))
-            if self._stop_seen:
-                exit = WorkerExit(failed=False, reason="stopped")
-            else:  # a runner ended without being asked to: this worker is dead
-                exit = WorkerExit(failed=True, reason="thread runner ended unexpectedly")
-        except BaseException as exc:  # a bug of ours, or a runner closed from outside
+            self._serve()
+            exit = WorkerExit(failed=False, reason="stopped")
+        except BaseException as exc:  # a bug of ours, or the worker's loop stopped under a task
             exit = WorkerExit(failed=True, reason=f"thread died: {exc!r}")
-        finally:
-            self._wloop = None
+        self._in_loop = False
+        self._leaving = True  # runners the last loop turns may wake take no more work
+        loop, self._wloop = self._wloop, None
+        if loop is not None:
             try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                finally:
+                    loop.close()
+            except BaseException as exc:  # the end is reported all the same
+                exit = WorkerExit(failed=True, reason=f"thread's loop did not close: {exc!r}")
         try:
             self.host.loop.call_soon_threadsafe(self._end, exit)
             if self._gone is not None:
                 self.host.loop.call_soon_threadsafe(set_if_pending, self._gone)
-        except RuntimeError:
+        except RuntimeError:  # the pool's loop is closed: nobody is listening
             pass
 
-    async def _serve(self, ready: asyncio.Future[None]) -> None:
-        self._wake = asyncio.Event()
-        self.host.loop.call_soon_threadsafe(set_if_pending, ready)
-        n = self.spec.concurrency
-        if n == 1:
-            await self._runner()
-            return
-        runners = [asyncio.ensure_future(self._runner()) for _ in range(n)]
+    def _report(self, record: tuple[int, Any, Any, Any, float]) -> None:
+        """Worker thread -> pool loop, batched: one wake-up per burst of reports."""
+        self._outbox.append(record)
+        if not self._flush_pending:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_pending = True
         try:
-            await asyncio.gather(*runners)
+            self.host.loop.call_soon_threadsafe(self._flush)
+        except RuntimeError:  # the pool's loop is closed: nobody is listening
+            pass
+
+    def _serve(self) -> None:
+        """Run tasks from the inbox on this thread until told to stop."""
+        ctx = TaskContext(self._publish, self.id)
+        current.set(ctx)  # this thread's context: plain calls see it (runners get their own)
+        inbox = self._inbox
+        popleft = inbox.popleft
+        post = self._outbox.append
+        flush = self._schedule_flush
+        stop_asked = self._stop_asked
+        wake = self._wake
+        clock = time.time
+        while True:
+            try:
+                task = popleft()
+            except IndexError:
+                self._sleeping = True
+                if inbox:  # appended between our look and the flag: no wake-up is coming
+                    self._sleeping = False
+                else:
+                    wake.acquire()
+                continue
+            if task is _STOP:
+                return
+            ctx.task_id = task.id
+            post((_STARTED, task, None, None, clock()))
+            if not self._flush_pending:
+                flush()  # (may let the pool's thread run: it may cancel the task now)
+            self._sync_task = task
+            if stop_asked and task in stop_asked:  # cancelled as we took it: it does not run
+                ok, value = False, None
+            else:
+                try:
+                    value = task.fn(*task.args)
+                    ok = True
+                except BaseException as exc:  # its own SystemExit, GeneratorExit...: its failure
+                    ok, value = False, own_traceback(exc, _SERVE_CODE)
+            self._sync_task = None
+            ctx.task_id = None
+            if ok and value is not None and (type(value) is _Coroutine or hasattr(value, "__await__")):
+                self._run_loop(task, value)
+            else:
+                post((_DONE, task, ok, value, clock()))
+                if not self._flush_pending:
+                    flush()
+            del task, value  # keep no reference to a settled task or its result
+
+    def _run_loop(self, task: Task[Any], coro: Any) -> None:
+        """Serve from this thread's event loop (made now if need be) until it goes idle."""
+        loop = self._wloop
+        if loop is None:
+            loop = self._wloop = new_event_loop()
+            self._awake = asyncio.Event()
+        self._idle = 0
+        self._n_runners = 1
+        self._helpers = []
+        self._turn += 1
+        self._leaving = False
+        self._in_loop = True
+        try:
+            loop.run_until_complete(self._serve_async(task, coro))
         finally:
-            for r in runners:
+            self._in_loop = False
+
+    async def _serve_async(self, task: Task[Any], coro: Any) -> None:
+        try:
+            await self._runner(task, coro)
+            if self._helpers:  # they end too: the loop went idle, or the worker stops
+                await asyncio.gather(*self._helpers)
+        finally:
+            for r in self._helpers:
                 r.cancel()
 
-    async def _runner(self) -> None:
-        """Run tasks from the inbox, one at a time (``concurrency`` runners share it)."""
-        wake = self._wake
-        assert wake is not None
+    def _start_helpers(self, turn: int) -> None:
+        """In the loop, once it got control back: a coroutine waits, so start the other
+        ``concurrency - 1`` runners (a burst of coroutines that never wait needs none)."""
+        self._spawning = 0
+        if turn != self._turn or self._leaving:
+            return
+        while self._n_runners < self.spec.concurrency:
+            self._n_runners += 1
+            self._helpers.append(asyncio.ensure_future(self._runner(None, None)))
+
+    async def _runner(self, task: Any, coro: Any) -> None:
+        """Run tasks from the inbox in the loop, one at a time (``concurrency`` runners)."""
+        awake = self._awake
+        assert awake is not None
         me = asyncio.current_task()
         assert me is not None
         ctx = TaskContext(self._publish, self.id)
         current.set(ctx)  # this runner's own context: each runner has its own task_id
         inbox = self._inbox
-        post = self._post
+        report = self._report
         running = self._running
         cancelling = self._cancelling
+        stop_asked = self._stop_asked
+        n = self.spec.concurrency
         while True:
-            if not inbox:
-                wake.clear()
-                self._sleeping = True
-                if inbox:  # appended between our check and the flag: no wake is coming
-                    self._sleeping = False
+            if coro is None:
+                if self._leaving:
+                    return
+                if not inbox:
+                    if self._idle == self._n_runners - 1:  # nothing runs, nothing waits: leave the loop
+                        self._leaving = True
+                        awake.set()
+                        return
+                    awake.clear()
+                    self._sleeping = True
+                    if inbox:  # appended between our look and the flag: no wake-up is coming
+                        self._sleeping = False
+                        continue
+                    self._idle += 1
+                    try:
+                        await awake.wait()
+                    finally:
+                        self._idle -= 1
                     continue
-                await wake.wait()
-                continue
-            task = inbox.popleft()
-            if task is _STOP:
-                inbox.appendleft(_STOP)  # leave it for the other runners
-                self._stop_seen = True
-                wake.set()
-                return
-            running[task] = me
-            ctx.task_id = task.id
-            post(_STARTED, task, at=time.time())
-            try:
+                task = inbox.popleft()
+                if task is _STOP:
+                    inbox.appendleft(_STOP)  # leave it for the other runners and the thread
+                    self._leaving = True
+                    awake.set()
+                    return
+                ctx.task_id = task.id
+                report((_STARTED, task, None, None, time.time()))
                 self._sync_task = task
-                value = task.fn(*task.args)
-                self._sync_task = None
-                if type(value) is types.CoroutineType or hasattr(value, "__await__"):
-                    value = await value
-                ok = True
-            except asyncio.CancelledError as exc:
-                self._sync_task = None
-                if task in cancelling and me.uncancel() == 0:
-                    ok, value = False, None  # we cancelled this task; the pool knows
-                elif me.cancelling():
-                    raise  # the worker itself is being cancelled
+                if task in stop_asked:  # cancelled as we took it: it does not run
+                    ok, value = False, None
                 else:
-                    ok, value = False, own_traceback(exc, _RUNNER_CODE)  # the task raised CancelledError itself
-            except GeneratorExit:
-                raise  # this runner's coroutine is being closed
-            except BaseException as exc:  # Exception, or SystemExit/KeyboardInterrupt from the task
+                    try:
+                        value = task.fn(*task.args)
+                        ok = True
+                    except BaseException as exc:  # its own SystemExit, GeneratorExit...: its failure
+                        ok, value = False, own_traceback(exc, _RUNNER_CODE)
+                    if ok and value is not None and (type(value) is _Coroutine or hasattr(value, "__await__")):
+                        coro = value
                 self._sync_task = None
-                ok, value = False, own_traceback(exc, _RUNNER_CODE)
-            cancelling.discard(task)
-            del running[task]
+            if coro is not None:
+                if self._killed or task in stop_asked:  # stopped before it could run
+                    if type(coro) is _Coroutine:
+                        coro.close()  # never started: no "never awaited" warning
+                    ok, value = False, None
+                else:
+                    if self._n_runners < n and not self._spawning:
+                        self._spawning = self._turn
+                        asyncio.get_running_loop().call_soon(self._start_helpers, self._turn)
+                    ctx.task_id = task.id
+                    running[task] = me
+                    try:
+                        value = await coro
+                        ok = True
+                        if cancelling and task in cancelling:  # it finished all the same
+                            me.uncancel()
+                    except asyncio.CancelledError as exc:
+                        if task in cancelling and me.uncancel() == 0:
+                            ok, value = False, None  # we cancelled this task; the pool knows
+                        elif me.cancelling():
+                            raise  # the worker itself is being cancelled
+                        else:  # the task raised CancelledError itself
+                            ok, value = False, own_traceback(exc, _RUNNER_CODE)
+                    except GeneratorExit:
+                        raise  # this runner's coroutine is being closed
+                    except BaseException as exc:  # Exception, or SystemExit/KeyboardInterrupt from the task
+                        ok, value = False, own_traceback(exc, _RUNNER_CODE)
+                    cancelling.discard(task)
+                    del running[task]
+                coro = None
             ctx.task_id = None
-            post(_DONE, task, ok, value, time.time())
+            # Decided before the report, so work the pool sends once it has the report
+            # finds the thread plain again.
+            leave = not inbox and self._idle == self._n_runners - 1
+            if leave:
+                self._leaving = True
+                awake.set()
+            report((_DONE, task, ok, value, time.time()))
             del task, value  # keep no reference to a settled task or its result
+            if leave:
+                return
 
-    def _cancel_in_worker(self, task: Task[Any]) -> None:
-        runner = self._running.get(task)
-        if runner is not None and self._sync_task is not task:
-            self._cancelling.add(task)
-            runner.cancel()
+    def _set_awake(self) -> None:
+        if self._awake is not None:
+            self._awake.set()
+
+    def _cancel_asked(self) -> None:
+        """In the worker's loop: cancel the runners of the coroutines the pool wants stopped."""
+        for task, runner in list(self._running.items()):
+            if (self._killed or task in self._stop_asked) and task not in self._cancelling:
+                self._cancelling.add(task)
+                runner.cancel()
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
-        self._post(_PUBLISH, topic, data, task_id)
+        self._report((_PUBLISH, topic, data, task_id, 0.0))
 
 
-_RUNNER_CODE = ThreadWorker._runner.__code__  # stripped from tasks' tracebacks
+_SERVE_CODE = ThreadWorker._serve.__code__  # stripped from tasks' tracebacks
+_RUNNER_CODE = ThreadWorker._runner.__code__
