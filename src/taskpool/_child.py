@@ -1,6 +1,7 @@
 """The worker process: a fresh interpreter serving calls over the framed channel.
 
-Spawned by :mod:`taskpool._spawn` (the parent side: argv, environment, lifetime).
+Spawned by :mod:`taskpool._spawn` (the parent side: argv, environment, lifetime) through
+:mod:`taskpool._worker_main` (the process entry point).
 
 Serving: one event loop (uvloop when importable) runs a :class:`CallServer` on the
 socket. Calls queue in arrival order and run ``concurrency`` at once (one by default),
@@ -18,25 +19,18 @@ one that arrived while a sync call blocked the loop (one non-blocking ``poll`` t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import contextvars
 import functools
 import inspect
-import io
 import os
-import platform
 import select
-import signal
-import socket
-import sys
 import threading
 import time
 from asyncio import events
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
 from taskpool._answers import (
     Escaped,
@@ -49,9 +43,8 @@ from taskpool._answers import (
 from taskpool._context import TaskContext, current
 from taskpool._control import JOURNAL, ControlBlock
 from taskpool._errors import SerializationError
-from taskpool._frames import NO_LIMIT, FrameProtocol, FrameWriter, WireError
+from taskpool._frames import NO_LIMIT, FrameProtocol, FrameWriter, Message, WireError
 from taskpool._functions import FnSlot
-from taskpool._loop import loop_factory
 from taskpool._wire import (
     ERR_LOAD,
     ERR_RAISED,
@@ -71,7 +64,7 @@ from taskpool._wire import (
     load_payload,
 )
 
-__all__ = ["CallServer", "main"]
+__all__ = ["CallServer"]
 
 # --------------------------------------------------------------------------- the worker
 
@@ -122,6 +115,7 @@ class CallServer(FrameProtocol[ToChild]):
         self._batch_at = 0.0  # when output was last flushed before a call, or a batch began
         self._journaled = 0  # bytes of the writer's pending frames copied to the journal
         self._jlen = 0  # bytes in the control block's journal
+        self._pumping = False  # starting calls (_pump): frames sent are written at its end
         self.hello = hello  # the first frame, queued as soon as the channel is up
         self.queue: deque[_Job] = deque()
         # Async calls running at once (at most ``concurrency``): id -> (job, task). A sync
@@ -243,11 +237,25 @@ class CallServer(FrameProtocol[ToChild]):
 
     # -- running
     def _pump(self, check: bool = False) -> None:
-        """Start queued calls while fewer than ``limit`` run.
+        """Start queued calls while fewer than ``limit`` run, then write the answers.
 
         With ``check`` (frames may have arrived since the socket was last read), and
         after every call that blocked the loop, first make sure no frame waits unread.
         """
+        self._pumping = True  # what is sent meanwhile is written at the end (see send)
+        try:
+            self._start_calls(check)
+        finally:
+            self._pumping = False
+        if self.stopping and not self.running:
+            self._close()
+        elif len(self.writer):
+            if not self.queue:
+                self.flush()  # nothing more to run now: answer at once, not an iteration later
+            elif self._flush_handle is None and self._loop is not None:
+                self._flush_handle = self._loop.call_soon(self.flush)
+
+    def _start_calls(self, check: bool) -> None:
         control = self.control
         self._batch_at = time.time()
         while len(self.running) < self.limit and self.queue and not self.lost:
@@ -264,8 +272,14 @@ class CallServer(FrameProtocol[ToChild]):
                 return
             if self.queue:
                 check = self._run(self.queue.popleft())
-        if self.stopping and not self.running:
-            self._close()
+
+    def send(self, msg: Message, *, now: bool = False) -> None:
+        """Queue one frame: while calls are being started, written when they are (or
+        before a call that must not hold it back); else as :meth:`FrameProtocol.send`."""
+        if self._pumping and not now:
+            self.writer.add(msg)
+        else:
+            super().send(msg, now=now)
 
     def _read_now(self) -> bool:
         """Read what waits in the socket and take in its frames, without a loop turn
@@ -311,7 +325,7 @@ class CallServer(FrameProtocol[ToChild]):
         if block is not None and not msg.report:
             # Told through shared memory (the answer says when it started): no frame, and
             # no write unless output waits that this call could hold back.
-            if self._flush_handle is not None and (
+            if len(self.writer) and (
                 slot.runs < QUICK_RUNS
                 or slot.quick > QUICK_CALL
                 or at - self._batch_at > FLUSH_AGE
@@ -353,7 +367,7 @@ class CallServer(FrameProtocol[ToChild]):
             finally:
                 events._set_running_loop(loop)
                 self.in_sync = False
-            if inspect.isawaitable(res):
+            if res is not None and inspect.isawaitable(res):
                 if block is not None and sync:
                     block.end()  # not a sync call after all: it goes on as a task
                 # The task (and its done callback) runs in a context of its own, the call's.
@@ -495,99 +509,3 @@ def _unread_probe(transport: asyncio.BaseTransport) -> Callable[[int], object]:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     return poller.poll  # called straight: it is on the hot path
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def _die_with_parent(ppid: int) -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes  # Linux only
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if ppid and os.getppid() != ppid:
-        os._exit(1)  # the parent died before we could ask to die with it
-
-
-async def _serve(
-    sock: socket.socket,
-    uses_uvloop: bool,
-    concurrency: int = 1,
-    max_message: int = NO_LIMIT,
-    control: ControlBlock | None = None,
-) -> int:
-    loop = asyncio.get_running_loop()
-    hello = Hello(os.getpid(), platform.python_version(), uses_uvloop)
-    server = CallServer(concurrency, hello, max_message=max_message, control=control)
-    current.set(server.shared_context)  # the transport's callbacks copy this context
-    await loop.connect_accepted_socket(lambda: server, sock)
-    assert server.closed is not None
-    await server.closed
-    return 0
-
-
-_CLEANUP_GRACE = 2.0  # seconds for leftover tasks to handle their cancellation
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for t in tasks:
-        t.cancel()
-    if tasks:  # bounded: a task that ignores cancellation must not keep us alive
-        loop.run_until_complete(asyncio.wait(tasks, timeout=_CLEANUP_GRACE))
-    loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), _CLEANUP_GRACE))
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Serve one channel, then exit (never returns). See the module docstring."""
-    parser = argparse.ArgumentParser(prog="taskpool-worker")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--ppid", type=int, default=0)
-    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--max-message", type=int, default=NO_LIMIT)
-    parser.add_argument("--control-fd", type=int, default=None)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    _die_with_parent(args.ppid)
-    from taskpool._memory import tune_worker  # large payloads: keep their memory warm
-
-    tune_worker()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(line_buffering=True)
-    factory, uses_uvloop = loop_factory(args.loop)
-    sock = socket.socket(fileno=args.fd)
-    loop = factory()
-    asyncio.set_event_loop(loop)
-    code = 1
-    try:
-        # The pool's options allow no limit under 64 KiB; an error report needs that much.
-        limit = max(2**16, args.max_message)
-        control = None
-        if args.control_fd is not None:
-            control = ControlBlock(args.control_fd)
-            control.close_fd()  # the mapping is what we read
-        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit, control))
-        _cancel_leftovers(loop)
-    finally:
-        _exit(code)
-
-
-def _exit(code: int) -> NoReturn:
-    # Exit without waiting for threads a task may have left running (the parent is
-    # gone or wants us gone), but still run atexit hooks and flush what was printed.
-    import atexit
-
-    with contextlib.suppress(BaseException):
-        atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            if stream is not None:
-                stream.flush()
-    os._exit(code)

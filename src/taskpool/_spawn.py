@@ -48,7 +48,7 @@ _BOOTSTRAP = (
     "import json,os,sys;"
     f"p=os.environ.pop({SYS_PATH_ENV!r},None);"
     "sys.path[:]=json.loads(p) if p else sys.path;"
-    "from taskpool._child import main;main()"
+    "from taskpool._worker_main import main;main()"
 )
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
