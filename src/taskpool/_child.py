@@ -4,17 +4,26 @@ Spawned by :mod:`taskpool._spawn` (the parent side: argv, environment, lifetime)
 :mod:`taskpool._worker_main` (the process entry point).
 
 Serving: one event loop (uvloop when importable) runs a :class:`CallServer` on the
-socket. Calls queue in arrival order and run ``concurrency`` at once (one by default),
-each announced by ``Started(id, at)`` (after ``Loading(id, at)`` when its function must
-be loaded first) and answered by ``Result``/``Error``. Sync functions run on the main
-thread, blocking the loop (outside the loop's "running" mark, so ``asyncio.run()`` works
-in them); coroutine functions run as tasks on the loop and can be cancelled (``Cancel``).
+socket. Calls queue in arrival order (numbered 1, 2, ...) and run ``concurrency`` at once
+(one by default). Each call's start is written to the control block shared with the pool
+(:mod:`taskpool._control`: its number and time, before its arguments are loaded), and
+announced by ``Started(id, at)`` only when the call asks for it (``report``); ``Loading``
+comes first when its function must be loaded. It is answered by ``Result``/``Error``,
+which carry its start time. Sync functions run on the main thread, blocking the loop
+(outside the loop's "running" mark, so ``asyncio.run()`` works in them); coroutine
+functions run as tasks on the loop and can be cancelled (``Cancel``).
 Each call runs with :data:`taskpool._context.current` set to a fresh
 :class:`~taskpool._context.TaskContext` whose ``task_id`` is the call's id, so
-``taskpool.publish`` in it is tagged with that id. Outgoing frames are batched into one
-write per loop iteration. A ``Cancel`` or ``Shutdown`` for a queued call wins over
-starting it: a frame already in the socket is read before the next call starts, even
-one that arrived while a sync call blocked the loop (one non-blocking ``poll`` tells).
+``taskpool.publish`` in it is tagged with that id.
+
+Writing: the answers of a burst of calls go out in one write once nothing more is to
+run. Before a call of a function known to be quick, the answers still waiting are copied
+to the control block's journal instead (the pool reads them there if the worker dies);
+before any other call they are written, so a long call never holds them back. A
+``Cancel`` or ``Shutdown`` for a queued call wins over starting it: a frame already in
+the socket is read before the next call starts, even one that arrived while a sync call
+blocked the loop (the control block's count of control frames, or one non-blocking
+``poll``, tells).
 """
 
 from __future__ import annotations
