@@ -1040,7 +1040,7 @@ def _send(w: ProcessWorker, task: FakeTask) -> FakeTask:
 def test_process_worker_capabilities() -> None:
     assert ProcessWorker.capabilities == Capabilities(
         isolated=True,
-        window=64,
+        window=128,
         adaptive_window=True,
         reclaims_unstarted=True,
         has_pid=True,

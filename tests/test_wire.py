@@ -415,6 +415,17 @@ def test_function_table_evicts_least_recently_used_and_tells_the_worker() -> Non
     assert drop == [id3]
 
 
+def test_the_same_function_again_costs_no_lookup_but_is_redefined_once_forgotten() -> None:
+    t = FunctionTable(capacity=1)
+    fn_id, define, _ = t.prepare(module_level)
+    assert define is not None
+    assert t.prepare(module_level) == (fn_id, None, [])  # the call before's: no lookup
+    _, by_value, drop = t.prepare(lambda: None)  # evicts module_level (capacity 1)
+    assert by_value is not None and drop == [fn_id]
+    again_id, again, _ = t.prepare(module_level)
+    assert (again_id, again) == (fn_id, define)  # forgotten by the worker: defined again
+
+
 def test_function_cache_does_not_keep_lambdas_alive() -> None:
     t = FunctionTable()
     before = len(FunctionTable._by_fn)

@@ -85,6 +85,8 @@ class FunctionTable:
             raise ValueError(f"capacity must be >= 1, got {capacity!r}")
         self.capacity = capacity
         self._held: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._last: Any = None  # the function of the call before, when sent by reference
+        self._last_id = 0
 
     def __len__(self) -> int:
         return len(self._held)
@@ -116,10 +118,15 @@ class FunctionTable:
 
         Raises SerializationError when ``fn`` can be sent neither by reference nor by
         value."""
+        if fn is self._last:  # the same function as the call before: held already, newest
+            return self._last_id, None, []
+        self._last = None  # (another function may evict it below)
         fn_id, d = self._entry(fn)
         if fn_id == 0:
             return 0, d, []
         held = self._held
+        if type(d) is FnRef:  # module-level: alive anyway, so holding it keeps nothing alive
+            self._last, self._last_id = fn, fn_id
         if fn_id in held:
             held.move_to_end(fn_id)
             return fn_id, None, []

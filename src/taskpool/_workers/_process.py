@@ -139,12 +139,12 @@ class ProcessWorker(ProcessCalls):
     """A worker process, spawned fresh (never forked), talking msgspec frames."""
 
     kind = "process"
-    # Calls pipelined per worker: 64 while calls are short (the window shrinks to one
+    # Calls pipelined per worker: 128 while calls are short (the window shrinks to one
     # under long calls: adaptive), so a batch of answers shares one write and one read;
     # work stealing (reclaim) keeps a long call from holding queued ones.
     capabilities = Capabilities(
         isolated=True,
-        window=64,
+        window=128,
         adaptive_window=True,
         reclaims_unstarted=True,
         has_pid=True,
