@@ -31,15 +31,16 @@ import pytest
 import pytest_asyncio
 
 import taskpool
+from taskpool._channel import FrameProtocol
 from taskpool._context import current
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
-from taskpool._frames import FrameProtocol
 from taskpool._spawn import child_command, child_env, read_lines, spawn_child, split_lines
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_LOAD,
     ERR_UNSENDABLE,
     FMT_PICKLE,
+    Answers,
     Call,
     Cancel,
     Error,
@@ -273,7 +274,11 @@ class Parent(FrameProtocol[ToParent]):
         self.inbox: asyncio.Queue[ToParent] = asyncio.Queue()
 
     def message_received(self, msg: ToParent) -> None:
-        self.inbox.put_nowait(msg)
+        if isinstance(msg, Answers):  # answers written together: one by one here
+            for item in msg.items:
+                self.inbox.put_nowait(item)
+        else:
+            self.inbox.put_nowait(msg)
 
 
 class Channel:

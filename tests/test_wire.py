@@ -22,18 +22,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskpool import _wire
+from taskpool._channel import FrameProtocol
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
 from taskpool._frames import (
     HEADER,
     LARGE,
     READ_AHEAD,
     FrameParser,
-    FrameProtocol,
     FrameWriter,
     WireError,
     encode_frame,
 )
 from taskpool._wire import (
+    ANSWERS_HEAD,
     ERR_CANCELLED,
     ERR_RAISED,
     ERR_UNSENDABLE,
@@ -859,3 +860,36 @@ async def test_frame_protocol_round_trip_over_a_socketpair() -> None:
     sender.transport.close()
     assert receiver.closed is not None
     assert await asyncio.wait_for(receiver.closed, 10) is None
+
+
+def test_answers_join_one_frame_that_is_whole_after_every_item() -> None:
+    w = FrameWriter()
+    parser = parent_parser()
+    seen: list[Any] = []
+    for i in range(5):
+        w.add_item(Result(i, FMT_TUPLE, [i], [], 1.0, 0.5), ANSWERS_HEAD)
+        out = w.pending()
+        assert out is not None
+        (n,) = HEADER.unpack_from(out, 0)
+        assert n == len(out) - 4  # one frame, whole: the length kept up to date
+        seen = [m.id for m in parent_parser().feed(bytes(out))[0].items]  # type: ignore[attr-defined]
+        assert seen == list(range(i + 1))
+    w.add(Started(9, 2.0))  # any other frame closes the batch: later answers go in a new one
+    w.add_item(Error(10, ERR_RAISED, "builtins", "ValueError", "x", "", None, 3.0), ANSWERS_HEAD)
+    msgs = parser.feed(b"".join(bytes(c) for c in w.take()))
+    assert [type(m).__name__ for m in msgs] == ["Answers", "Started", "Answers"]
+    assert [a.id for a in msgs[0].items] == [0, 1, 2, 3, 4]  # type: ignore[attr-defined]
+    assert [a.id for a in msgs[2].items] == [10]  # type: ignore[attr-defined]
+
+
+def test_answers_over_the_limit_open_a_new_frame_and_one_alone_over_it_is_refused() -> None:
+    limit = 2**16
+    w = FrameWriter(max_message=limit)
+    big = "x" * 30_000
+    for i in range(3):  # two fit in one frame, the third opens the next
+        w.add_item(Result(i, FMT_TUPLE, [big], [], 1.0, 0.5), ANSWERS_HEAD)
+    msgs = parent_parser(max_message=limit).feed(b"".join(bytes(c) for c in w.take()))
+    assert [[a.id for a in m.items] for m in msgs] == [[0, 1], [2]]  # type: ignore[attr-defined]
+    with pytest.raises(SerializationError, match="over the limit"):
+        w.add_item(Result(3, FMT_TUPLE, ["y" * limit], [], 1.0, 0.5), ANSWERS_HEAD)
+    assert len(w) == 0  # left unchanged

@@ -49,12 +49,14 @@ from taskpool._answers import (
     run_awaitable,
     unsendable_messages,
 )
+from taskpool._channel import FrameProtocol
 from taskpool._context import TaskContext, current
 from taskpool._control import JOURNAL, ControlBlock
 from taskpool._errors import SerializationError
-from taskpool._frames import NO_LIMIT, FrameProtocol, FrameWriter, Message, WireError
+from taskpool._frames import NO_LIMIT, FrameWriter, Message, WireError
 from taskpool._functions import FnSlot
 from taskpool._wire import (
+    ANSWERS_HEAD,
     ERR_LOAD,
     ERR_RAISED,
     FMT_PICKLE,
@@ -410,15 +412,21 @@ class CallServer(FrameProtocol[ToChild]):
         """Copy the answers waiting to be written into the control block's journal, so
         they survive should the worker die in the next call; False when they do not fit
         (a large segment waits, or the journal is full): write them instead."""
-        out = self.writer.pending()
+        writer = self.writer
+        out = writer.pending()
         if out is None:
             return False
         n, done = len(out), self._journaled
         if n > done:
             if self._jlen + n - done > JOURNAL:
                 return False
+            base = self._jlen - done  # where out[0] is in the journal
             self._jlen = block.append(self._jlen, out[done:n])
             self._journaled = n
+            at, size = writer.open_frame
+            if 0 <= at < done:
+                # Items were added to a frame copied before: its length and count changed.
+                block.rewrite(base + at, out[at : at + size])
         return True
 
     def flush(self) -> None:
@@ -463,23 +471,33 @@ class CallServer(FrameProtocol[ToChild]):
         msg = result_message(cid, value, at, started, __file__)
         if type(msg) is Result:
             try:
-                self.send(msg)
+                self._answer(msg)
                 return
             except BaseException as exc:  # over the size limit (nothing was queued)
                 msg = unsendable_messages(cid, value, exc, at, started, __file__)
         self._send_answer(*msg)  # type: ignore[misc]
 
+    def _answer(self, msg: Result | Error) -> None:
+        """Queue an answer: with the answers before it in one frame (Answers), unless it
+        has segments of its own. Raises SerializationError as :meth:`send`."""
+        if type(msg) is Result and msg.bufs:
+            self.send(msg)
+            return
+        self.writer.add_item(msg, ANSWERS_HEAD)
+        if not self._pumping and self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
     def _send_cancelled(self, cid: int, why: str = "cancelled in the worker") -> None:
-        self.send(cancelled_message(cid, why))
+        self._answer(cancelled_message(cid, why))
 
     def _send_error(self, cid: int, kind: int, exc: BaseException, at: float, started: float = 0.0) -> None:
         self._send_answer(*error_messages(cid, kind, exc, at, __file__, started=started))
 
     def _send_answer(self, msg: Error, clipped: Error) -> None:
         try:
-            self.send(msg)
+            self._answer(msg)
         except SerializationError:  # a surrogate in the message, or over the size limit
-            self.send(clipped)
+            self._answer(clipped)
 
     # -- publishing
     def publish(self, topic: str, data: Any, task_id: int | None) -> None:

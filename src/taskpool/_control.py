@@ -122,6 +122,12 @@ class ControlBlock:
         _JLEN.pack_into(mm, _JLEN_AT, end)
         return end
 
+    def rewrite(self, at: int, data: bytes | bytearray) -> None:
+        """Overwrite journal bytes already counted in, from offset ``at`` (a frame header
+        that changed as items were added to its frame)."""
+        if at >= 0 and at + len(data) <= JOURNAL:
+            self._mm[_JOURNAL_AT + at : _JOURNAL_AT + at + len(data)] = data
+
     def clear(self) -> None:
         """The journal's answers were written to the socket."""
         _JLEN.pack_into(self._mm, _JLEN_AT, 0)

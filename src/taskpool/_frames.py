@@ -15,7 +15,7 @@ a message is any :class:`Message`; one whose class sets ``segmented`` has a ``bu
 field. :class:`FrameWriter` batches frames for one gathered write, sending segments of
 :data:`LARGE` bytes or more straight from the caller's memory; :class:`FrameParser`
 decodes frames in place from one receive buffer and reads large segments straight from
-the kernel into a ``bytearray`` of their own; :class:`FrameProtocol` is the asyncio
+the kernel into a ``bytearray`` of their own; :class:`~taskpool._channel.FrameProtocol` is the asyncio
 protocol that does both over a socket.
 
 Large segments, and a receive buffer a huge frame grew, are kept in a process-wide pool
@@ -31,12 +31,8 @@ allocated already, may serve it whole).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import struct
-import sys
-from collections.abc import Callable
-from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar, cast
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
 
@@ -52,7 +48,6 @@ __all__ = [
     "READ_AHEAD",
     "Buffer",
     "FrameParser",
-    "FrameProtocol",
     "FrameWriter",
     "Message",
     "WireError",
@@ -66,6 +61,7 @@ LARGE: Final = 64 * 1024
 MAX_FRAME: Final = 2**32 - 1
 #: The frame header: the message's length, u32 little-endian.
 HEADER: Final = struct.Struct("<I")
+_COUNT: Final = struct.Struct(">I")  # a msgpack array32 count (add_item)
 #: The default ``max_message``: no real message comes near it (a trusted peer's bound).
 NO_LIMIT: Final = 2**48
 #: The most a parser allocates beyond the bytes that arrived, for a frame or a segment
@@ -114,7 +110,7 @@ class FrameWriter:
     big for the peer fails here as a SerializationError instead of breaking the channel.
     """
 
-    __slots__ = ("_chunks", "_encoder", "_max", "_out", "_size")
+    __slots__ = ("_chunks", "_count", "_encoder", "_head", "_max", "_open", "_out", "_size")
 
     def __init__(self, *, max_message: int = NO_LIMIT) -> None:
         self._max = max_message
@@ -122,6 +118,56 @@ class FrameWriter:
         self._out = bytearray()
         self._chunks: list[Buffer] = []
         self._size = 0
+        self._open = -1  # offset in _out of the frame add_item appends to (-1: none)
+        self._head = b""  # and the head of its message
+        self._count = 0  # items in it
+
+    @property
+    def open_frame(self) -> tuple[int, int]:
+        """``(offset, size)`` of the header bytes of the frame :meth:`add_item` appends to
+        (they change with each item), or ``(-1, 0)``."""
+        return self._open, (8 + len(self._head) if self._open >= 0 else 0)
+
+    def add_item(self, msg: Message, head: bytes) -> None:
+        """Append ``msg`` as one more item of a frame whose message is ``head`` followed by
+        a msgpack array32 of items (opened here unless the last frame added is one). The
+        frame is whole after every item: its length and count are kept up to date.
+        Raises SerializationError as :meth:`add` (the writer is left unchanged)."""
+        out = self._out
+        fresh = self._open < 0 or self._head != head
+        if fresh:
+            self._open, self._head, self._count = len(out), head, 0
+            out += b"\0\0\0\0"
+            out += head
+            out += b"\0\0\0\0"
+        at = self._open
+        start = len(out)
+        try:
+            self._encoder.encode_into(msg, out, -1)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._unadd(at if fresh else start)
+            raise SerializationError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+        limit = min(MAX_FRAME, self._max)
+        n = len(out) - at - 4
+        if n > limit:
+            item = len(out) - start
+            self._unadd(at if fresh else start)
+            if fresh or item + 8 + len(head) > limit:
+                what = " (max_message_size)" if limit == self._max else ""
+                raise SerializationError(
+                    f"a {type(msg).__name__} message of {item} bytes is over the limit of {limit} bytes{what}"
+                )
+            self._open = -1  # this frame is full: the item opens the next one
+            self.add_item(msg, head)
+            return
+        self._count += 1
+        HEADER.pack_into(out, at, n)
+        _COUNT.pack_into(out, at + 4 + len(head), self._count)
+
+    def _unadd(self, start: int) -> None:
+        del self._out[start:]
+        if self._open >= len(self._out):
+            self._open = -1
 
     def __len__(self) -> int:
         """Bytes waiting in :meth:`take`."""
@@ -132,6 +178,7 @@ class FrameWriter:
         themselves (bytes-like objects); they go on the wire as their lengths plus
         trailing segments. Raises SerializationError when the message cannot be encoded
         or is over ``max_message`` (the writer is left unchanged)."""
+        self._open = -1  # a frame of its own: items that follow go in a new one
         out = self._out
         start = len(out)
         out += b"\0\0\0\0"
@@ -182,6 +229,7 @@ class FrameWriter:
         """Return every pending buffer, in order, and start afresh (the caller owns them:
         they are never reused, so a transport may keep references)."""
         chunks = self._chunks
+        self._open = -1
         if self._out:
             chunks.append(self._out)
             self._out = bytearray()
@@ -459,139 +507,3 @@ def _grow(b: bytearray, n: int) -> bytearray:
         new[: len(b)] = b
         return new
     return b
-
-
-class FrameProtocol(asyncio.BufferedProtocol, Generic[M]):
-    """An asyncio protocol speaking frames, for either end of the channel.
-
-    Incoming frames are parsed in place (``BufferedProtocol``: the kernel writes into
-    the parser's buffer) and handed to :meth:`message_received` one by one, with no
-    awaits. :meth:`send` queues a frame and flushes once at the end of the current loop
-    iteration, so a burst of messages becomes one gathered write. ``closed`` resolves
-    (with the connection's exception or None) when the connection is lost.
-
-    Subclass and override :meth:`message_received`, or pass ``on_message``.
-    """
-
-    _SLICE: ClassVar[int] = 256 * 1024
-
-    def __init__(
-        self,
-        parser: FrameParser[M],
-        on_message: Callable[[M], None] | None = None,
-    ) -> None:
-        self.parser = parser
-        self.writer = FrameWriter()
-        self.transport: asyncio.Transport | None = None
-        self.on_message = on_message
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_handle: asyncio.Handle | None = None
-        self._gather = False
-        self._paused = False
-        self._backlog: collections.deque[memoryview] = collections.deque()
-        self.closed: asyncio.Future[BaseException | None] | None = None
-
-    # -- receiving
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Remember the transport; start serving."""
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-        self._loop = asyncio.get_running_loop()
-        self.closed = self._loop.create_future()
-        # Gathered writes (sendmsg/writev) only where writelines does not concatenate.
-        self._gather = sys.version_info >= (3, 12) or type(transport).__module__.startswith("uvloop")
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Hand the loop the parser's receive buffer."""
-        return self.parser.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """Parse what arrived and dispatch each complete message."""
-        for msg in self.parser.buffer_updated(nbytes):
-            self.message_received(msg)
-
-    def message_received(self, msg: M) -> None:
-        """Called for every incoming message, in order. Default: ``on_message(msg)``."""
-        if self.on_message is not None:
-            self.on_message(msg)
-
-    def eof_received(self) -> bool:
-        """The peer closed its end: close ours too (returning False)."""
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Drop pending output; resolve ``closed``."""
-        self.transport = None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self.writer.take()
-        self._backlog.clear()
-        if self.closed is not None and not self.closed.done():
-            self.closed.set_result(exc)
-
-    # -- sending
-    def send(self, msg: Message, *, now: bool = False) -> None:
-        """Queue one frame; it is written at the end of this loop iteration, or with
-        ``now`` at once (with whatever else is queued). Raises SerializationError when
-        the message cannot be encoded (nothing is queued then)."""
-        self.writer.add(msg)
-        if now:
-            self.flush()
-        elif self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write every queued frame now, in one gathered write where the loop allows."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        chunks = self.writer.take()
-        t = self.transport
-        if not chunks or t is None or t.is_closing():
-            return
-        if self._gather:
-            # uvloop / 3.12+: writev of the chunks themselves, kept by reference.
-            if len(chunks) == 1:
-                t.write(chunks[0])
-            else:
-                t.writelines(chunks)
-            return
-        if not self._backlog and not self._paused and all(len(c) < LARGE for c in chunks):
-            t.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            return
-        # Python 3.11 selector transports copy whatever the socket does not take at once
-        # into their own buffer (and writelines() joins first): hand large data over in
-        # slices, each when the previous one drained, so it is never copied whole.
-        self._backlog.extend(c if type(c) is memoryview else memoryview(c) for c in chunks)
-        self._drain()
-
-    def pause_writing(self) -> None:
-        """The transport's buffer is full: keep the rest in the backlog."""
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        """The transport's buffer drained: continue with the backlog."""
-        self._paused = False
-        self._drain()
-
-    def _drain(self) -> None:
-        backlog = self._backlog
-        while backlog and not self._paused:
-            t = self.transport
-            if t is None or t.is_closing():
-                backlog.clear()
-                return
-            head = backlog[0]
-            if head.nbytes >= LARGE:
-                if head.nbytes > self._SLICE:
-                    backlog[0] = head[self._SLICE :]
-                    head = head[: self._SLICE]
-                else:
-                    backlog.popleft()
-                t.write(head)
-                continue
-            small: list[memoryview] = []
-            while backlog and backlog[0].nbytes < LARGE:
-                small.append(backlog.popleft())
-            t.write(small[0] if len(small) == 1 else b"".join(small))

@@ -59,8 +59,9 @@ from typing import Any, ClassVar, Final, TypeAlias
 import msgspec
 
 from taskpool import _memory
+from taskpool._channel import FrameProtocol
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
-from taskpool._frames import LARGE, NO_LIMIT, Buffer, FrameParser, FrameProtocol, Message, WireError
+from taskpool._frames import LARGE, NO_LIMIT, Buffer, FrameParser, Message, WireError
 from taskpool._functions import (
     FnDef,
     FnRef,
@@ -80,6 +81,8 @@ __all__ = [
     "FMT_TUPLE",
     "FMT_VALUE",
     "PROTOCOL_VERSION",
+    "ANSWERS_HEAD",
+    "Answers",
     "Call",
     "Calls",
     "Cancel",
@@ -256,8 +259,22 @@ class Publish(Message, tag=24):
     bufs: list[Any] = msgspec.field(default_factory=list)
 
 
+class Answers(Message, tag=26):
+    """Several answers (``Result`` without segments, ``Error``) in one frame, in order.
+
+    Written item by item (:meth:`~taskpool._frames.FrameWriter.add_item` with
+    :data:`ANSWERS_HEAD`): the frame is whole after every item.
+    """
+
+    items: list[Result | Error]
+
+
+#: How an ``Answers`` message starts on the wire: a 2-element array, the tag, then an
+#: array32 header whose count FrameWriter.add_item keeps up to date.
+ANSWERS_HEAD: Final = b"\x92\x1a\xdd"
+
 ToChild: TypeAlias = Call | Calls | Cancel | Shutdown
-ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish
+ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish | Answers
 
 
 def child_parser(*, max_message: int = NO_LIMIT) -> FrameParser[ToChild]:

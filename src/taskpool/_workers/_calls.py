@@ -28,9 +28,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _wire
+from .._channel import FrameProtocol
 from .._control import ControlBlock
 from .._errors import SerializationError
-from .._frames import FrameProtocol, WireError
+from .._frames import WireError
 from ._base import Worker
 
 if TYPE_CHECKING:
@@ -153,11 +154,16 @@ class ProcessCalls(Worker):
             messages = parser.feed(data)
         except WireError as exc:
             messages = exc.messages
+        answers: list[_wire.Result | _wire.Error] = []
         for msg in messages:
-            if type(msg) is _wire.Result or type(msg) is _wire.Error:
-                if msg.id in self._calls:
-                    self._from_journal += 1
-                self._on_message(msg)
+            if type(msg) is _wire.Answers:
+                answers.extend(msg.items)
+            elif type(msg) is _wire.Result or type(msg) is _wire.Error:
+                answers.append(msg)
+        for answer in answers:
+            if answer.id in self._calls:
+                self._from_journal += 1
+            self._on_message(answer)
         self.host.batch_done()
 
     def _report_loading(self) -> None:

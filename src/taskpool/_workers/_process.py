@@ -42,9 +42,10 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .. import _wire
+from .._channel import FrameProtocol
 from .._control import ControlBlock
 from .._errors import SerializationError
-from .._frames import FrameProtocol, WireError
+from .._frames import WireError
 from .._functions import FunctionTable
 from .._spawn import read_lines, spawn_child
 from ._base import CancelResult, Capabilities, WorkerExit, log_path
@@ -329,7 +330,10 @@ class ProcessWorker(ProcessCalls):
 
     def _on_message(self, msg: _wire.ToParent) -> None:
         host = self.host
-        if type(msg) is _wire.Result:
+        if type(msg) is _wire.Answers:
+            for item in msg.items:
+                self._on_message(item)
+        elif type(msg) is _wire.Result:
             task = self._calls.pop(msg.id, None)
             if task is None:
                 return
