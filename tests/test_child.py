@@ -32,14 +32,18 @@ import pytest_asyncio
 
 import taskpool
 from taskpool._channel import FrameProtocol
+from taskpool._child import CallServer
 from taskpool._context import current
+from taskpool._control import ControlBlock
 from taskpool._errors import RemoteTraceback, SerializationError, TaskCancelled, TaskFailed
 from taskpool._spawn import child_command, child_env, read_lines, spawn_child, split_lines
 from taskpool._wire import (
     ERR_CANCELLED,
     ERR_LOAD,
+    ERR_RAISED,
     ERR_UNSENDABLE,
     FMT_PICKLE,
+    FMT_TUPLE,
     Answers,
     Call,
     Cancel,
@@ -1194,3 +1198,40 @@ async def test_process_worker_fails_a_call_that_killed_it_while_loading(
     assert (kind, tid) == ("started", 1)
     assert before <= at <= time.time()
     assert host.reports.empty()
+
+
+def _journal_ids(block: ControlBlock) -> list[int]:
+    ids: list[int] = []
+    for msg in parent_parser().feed(block.journal()):
+        ids += [m.id for m in msg.items] if isinstance(msg, Answers) else [msg.id]  # type: ignore[union-attr]
+    return ids
+
+
+def test_the_journal_holds_every_answer_waiting_whatever_frames_came_between() -> None:
+    """Answers join frames that grow after they were copied to the journal, and a frame
+    of another kind closes one: at every step the journal parses to every answer so far."""
+    block = ControlBlock()
+    try:
+        server = CallServer(control=block)
+        expected: list[int] = []
+        steps: list[Any] = [
+            Result(1, FMT_TUPLE, [1], [], 1.0, 0.5),
+            Result(2, FMT_TUPLE, [2], [], 1.0, 0.5),  # grows the frame copied before
+            Started(3, 1.0),  # closes it
+            Result(3, FMT_TUPLE, [3], [], 1.0, 0.5),  # opens the next
+            Error(4, ERR_RAISED, "builtins", "ValueError", "x", "tb", None, 1.0, 0.5),
+            Result(5, FMT_TUPLE, [5], [], 1.0, 0.5),
+        ]
+        # Copied to the journal after the first answer, then only once the next frame of
+        # answers was opened: the first one grew and was closed between two copies.
+        for i, msg in enumerate(steps):
+            if isinstance(msg, Started):
+                server.writer.add(msg)
+            else:
+                server._answer(msg)
+            expected.append(msg.id)
+            if i in (0, 3, 5):
+                assert server._journal(block)
+                assert _journal_ids(block) == expected
+    finally:
+        block.close()

@@ -423,10 +423,10 @@ class CallServer(FrameProtocol[ToChild]):
             base = self._jlen - done  # where out[0] is in the journal
             self._jlen = block.append(self._jlen, out[done:n])
             self._journaled = n
-            at, size = writer.open_frame
-            if 0 <= at < done:
-                # Items were added to a frame copied before: its length and count changed.
-                block.rewrite(base + at, out[at : at + size])
+            for at, size in writer.item_frames:
+                if at < done:
+                    # Items were added to a frame copied before: its length and count changed.
+                    block.rewrite(base + at, out[at : at + size])
         return True
 
     def flush(self) -> None:

@@ -110,7 +110,7 @@ class FrameWriter:
     big for the peer fails here as a SerializationError instead of breaking the channel.
     """
 
-    __slots__ = ("_chunks", "_count", "_encoder", "_head", "_max", "_open", "_out", "_size")
+    __slots__ = ("_chunks", "_count", "_encoder", "_head", "_items", "_max", "_open", "_out", "_size")
 
     def __init__(self, *, max_message: int = NO_LIMIT) -> None:
         self._max = max_message
@@ -121,12 +121,13 @@ class FrameWriter:
         self._open = -1  # offset in _out of the frame add_item appends to (-1: none)
         self._head = b""  # and the head of its message
         self._count = 0  # items in it
+        self._items: list[tuple[int, int]] = []  # (offset, header size) of such frames in _out
 
     @property
-    def open_frame(self) -> tuple[int, int]:
-        """``(offset, size)`` of the header bytes of the frame :meth:`add_item` appends to
-        (they change with each item), or ``(-1, 0)``."""
-        return self._open, (8 + len(self._head) if self._open >= 0 else 0)
+    def item_frames(self) -> list[tuple[int, int]]:
+        """``(offset, size)`` in :meth:`pending` of the header bytes of every frame
+        :meth:`add_item` made since the last :meth:`take` (they changed with each item)."""
+        return self._items
 
     def add_item(self, msg: Message, head: bytes) -> None:
         """Append ``msg`` as one more item of a frame whose message is ``head`` followed by
@@ -137,6 +138,7 @@ class FrameWriter:
         fresh = self._open < 0 or self._head != head
         if fresh:
             self._open, self._head, self._count = len(out), head, 0
+            self._items.append((len(out), 8 + len(head)))
             out += b"\0\0\0\0"
             out += head
             out += b"\0\0\0\0"
@@ -168,6 +170,7 @@ class FrameWriter:
         del self._out[start:]
         if self._open >= len(self._out):
             self._open = -1
+            self._items.pop()
 
     def __len__(self) -> int:
         """Bytes waiting in :meth:`take`."""
@@ -230,6 +233,7 @@ class FrameWriter:
         they are never reused, so a transport may keep references)."""
         chunks = self._chunks
         self._open = -1
+        self._items = []
         if self._out:
             chunks.append(self._out)
             self._out = bytearray()
