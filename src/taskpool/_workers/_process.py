@@ -6,10 +6,14 @@ Parent side of the channel (the child side is :mod:`taskpool._child`, the messag
     pool loop                                           worker process (own uvloop)
     ---------                                           --------------
     send(task): FunctionTable.prepare(fn), dump_args
-       └─ Call(id, fn, args) ──► FrameProtocol ══ socketpair ══► queue ─► run fn(*args)
-    _Channel.buffer_updated ◄── Loading / Started / Result / Error / Publish (batched frames)
-       └─ host.task_started / task_finished (with the child's times) / worker_publish,
-          then host.batch_done()
+       └─ Call(id, fn, args, report): to an idle worker at once; to a busy one in a
+          Calls frame per loop iteration ══ socketpair ══► queue ─► run fn(*args)
+    control block (shared memory) ◄────── call N began at t; answers not written yet
+    _Channel.buffer_updated ◄── Answers / Loading / Started / Publish (one write a burst)
+       └─ host.batch_begin(); task_finished (with the child's times, the start told
+          late) / task_started / worker_publish; host.batch_done(): more work, and the
+          awaiters resumed
+    (the book of the calls sent, their numbers and starts: taskpool._workers._calls)
     stdout / stderr pipes ──► chunks ──► lines ──► host.worker_log (structlog + worker.log
                                         events, and the worker's file under log_dir)
 
