@@ -261,10 +261,9 @@ class CallServer(FrameProtocol[ToChild]):
         if self.stopping and not self.running:
             self._close()
         elif len(self.writer):
-            if not self.queue:
-                self.flush()  # nothing more to run now: answer at once, not an iteration later
-            elif self._flush_handle is None and self._loop is not None:
-                self._flush_handle = self._loop.call_soon(self.flush)
+            # Nothing more to start now: answer at once, not an iteration later (and not
+            # after a control frame still on its way: the pool may be about to kill us).
+            self.flush()
 
     def _start_calls(self, check: bool) -> None:
         control = self.control
@@ -479,12 +478,16 @@ class CallServer(FrameProtocol[ToChild]):
 
     def _answer(self, msg: Result | Error) -> None:
         """Queue an answer: with the answers before it in one frame (Answers), unless it
-        has segments of its own. Raises SerializationError as :meth:`send`."""
+        has segments of its own; and copy it to the journal at once, so a kill that lands
+        before it is written loses nothing. Raises SerializationError as :meth:`send`."""
         if type(msg) is Result and msg.bufs:
             self.send(msg)
             return
         self.writer.add_item(msg, ANSWERS_HEAD)
-        if not self._pumping and self._flush_handle is None and self._loop is not None:
+        block = self.control
+        if block is not None and not self._journal(block):
+            self.flush()  # too much waiting to keep in the journal: write it now
+        elif not self._pumping and self._flush_handle is None and self._loop is not None:
             self._flush_handle = self._loop.call_soon(self.flush)
 
     def _send_cancelled(self, cid: int, why: str = "cancelled in the worker") -> None:

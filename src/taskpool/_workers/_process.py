@@ -470,7 +470,9 @@ class ProcessWorker(ProcessCalls):
         began = running
         block = self._control
         if not running and block is not None and call_id not in self._loading:
-            # Its start may not have been reported: the control block tells.
+            # Its start may not have been reported: the control block tells. (A call
+            # reported started is stopped as running even if it has just returned: its
+            # answer may never come, say from a worker that broke its channel.)
             begun, _, now = block.begun()
             n = self._numbers.get(call_id, 0)
             began = n <= begun
