@@ -97,7 +97,11 @@ async def test_output_is_prefixed_and_logged_per_worker_and_sigterm_stops_gracef
             m = up.match(line)
             assert m is not None
             pids[m.group(1)] = m.group(2)
-        await srv.until(lambda s: s.startswith("main.") and "| to stderr" in s, "stderr, prefixed")
+        # Each instance's stderr line, prefixed (both: the log files are checked below).
+        seen = {line[:6] for line in srv.lines if line.startswith("main.") and "| to stderr" in line}
+        while len(seen) < 2:
+            line = await srv.until(lambda s: s.startswith("main.") and "| to stderr" in s, "stderr, prefixed")
+            seen.add(line[:6])
         srv.signal(signal.SIGTERM)
         code, _, err = await srv.finish()
     assert code == 0, (srv.lines, err)
