@@ -295,14 +295,7 @@ class ThreadWorker(Worker):
             if not self._flush_pending:
                 flush()  # (may let the pool's thread run: it may cancel the task now)
             self._sync_task = task
-            if stop_asked and task in stop_asked:  # cancelled as we took it: it does not run
-                ok, value = False, None
-            else:
-                try:
-                    value = task.fn(*task.args)
-                    ok = True
-                except BaseException as exc:  # its own SystemExit, GeneratorExit...: its failure
-                    ok, value = False, own_traceback(exc, _SERVE_CODE)
+            ok, value = _call(task, stop_asked)
             self._sync_task = None
             ctx.task_id = None
             if ok and value is not None and (type(value) is _Coroutine or hasattr(value, "__await__")):
@@ -392,16 +385,9 @@ class ThreadWorker(Worker):
                 ctx.task_id = task.id
                 report((_STARTED, task, None, None, time.time()))
                 self._sync_task = task
-                if task in stop_asked:  # cancelled as we took it: it does not run
-                    ok, value = False, None
-                else:
-                    try:
-                        value = task.fn(*task.args)
-                        ok = True
-                    except BaseException as exc:  # its own SystemExit, GeneratorExit...: its failure
-                        ok, value = False, own_traceback(exc, _RUNNER_CODE)
-                    if ok and value is not None and (type(value) is _Coroutine or hasattr(value, "__await__")):
-                        coro = value
+                ok, value = _call(task, stop_asked)
+                if ok and value is not None and (type(value) is _Coroutine or hasattr(value, "__await__")):
+                    coro = value
                 self._sync_task = None
             if coro is not None:
                 if self._killed or task in stop_asked:  # stopped before it could run
@@ -460,5 +446,17 @@ class ThreadWorker(Worker):
         self._report((_PUBLISH, topic, data, task_id, 0.0))
 
 
-_SERVE_CODE = ThreadWorker._serve.__code__  # stripped from tasks' tracebacks
+def _call(task: Task[Any], stop_asked: set[Task[Any]]) -> tuple[bool, Any]:
+    """Call ``task``'s function on this thread: ``(True, value)``, or ``(False, its own
+    exception)`` (SystemExit, GeneratorExit... included: the task's failure), or
+    ``(False, None)`` when it was cancelled as it was taken (it does not run)."""
+    if stop_asked and task in stop_asked:
+        return False, None
+    try:
+        return True, task.fn(*task.args)
+    except BaseException as exc:
+        return False, own_traceback(exc, _CALL_CODE)
+
+
+_CALL_CODE = _call.__code__  # stripped from tasks' tracebacks
 _RUNNER_CODE = ThreadWorker._runner.__code__
