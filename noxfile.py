@@ -59,21 +59,21 @@ def _pyright(session: nox.Session) -> None:
 @nox.session(name="typing-mypy", tags=["typing"])
 def typing_mypy(session: nox.Session) -> None:
     """mypy --strict on the package and on the API usage file (an unused ignore fails it)."""
-    session.install("-e", ".[lint]")
+    session.install("-e", ".[lint,test]")  # test: the optional parts the package imports (web, otel, ...)
     _mypy(session)
 
 
 @nox.session(name="typing-pyright", tags=["typing"])
 def typing_pyright(session: nox.Session) -> None:
     """pyright on the API usage file, and ``pyright --verifytypes taskpool``."""
-    session.install("-e", ".[lint]")
+    session.install("-e", ".[lint,test]")
     _pyright(session)
 
 
 @nox.session
 def typing(session: nox.Session) -> None:
     """Both type checkers in one session (what ``typing-mypy`` and ``typing-pyright`` run)."""
-    session.install("-e", ".[lint]")
+    session.install("-e", ".[lint,test]")
     _mypy(session)
     _pyright(session)
 

@@ -218,3 +218,25 @@ async def test_closing_a_subscription_stops_delivery() -> None:
     bus.publish("a.two", 2)
     assert sub.closed
     assert [e.data async for e in sub] == [1]  # what was buffered is still read
+
+
+async def test_hot_lists_the_per_task_topics_someone_wants() -> None:
+    import gc
+
+    from taskpool._events import HOT_TOPICS
+
+    bus = EventBus()
+    assert bus.hot == frozenset()
+    dash = bus.subscribe("worker.*", "pool.*")  # a dashboard: costs a task nothing
+    assert bus.active and bus.hot == frozenset()
+    failed = bus.subscribe("task.failed")
+    assert bus.hot == {"task.failed"}
+    everything = bus.subscribe()
+    assert bus.hot == set(HOT_TOPICS)
+    everything.close()
+    assert bus.hot == {"task.failed"}
+    del failed  # dropped without closing: forgotten with its last reference
+    gc.collect()
+    assert bus.hot == frozenset()
+    bus.close()
+    assert bus.hot == frozenset() and dash.closed

@@ -18,6 +18,8 @@ INTENDED = {
     # pool, tasks and their data
     "FunctionPool", "Task", "TaskState", "TaskRecord", "StatusType", "PoolSnapshot", "WorkerSnapshot",
     "PoolState", "WorkerState", "ServiceState", "RestartPolicy", "publish",
+    # progress display for map and batches of tasks
+    "Progress",
     # event bus
     "EventBus", "Subscription", "Event", "AnyEvent", "TaskEvent", "WorkerEvent", "WorkerLogEvent",
     "PoolEvent", "HookErrorEvent", "UserEvent", "ServiceEvent",

@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._events import EventBus, Subscription
 from ._memory import tune_malloc
+from ._progress import Progress
 from ._restart import RestartPolicy
 from ._task import Task
 from ._types import (
@@ -67,6 +68,7 @@ __all__ = [
     "PoolEvent",
     "PoolSnapshot",
     "PoolState",
+    "Progress",
     "QueueFull",
     "RemoteTraceback",
     "RestartPolicy",

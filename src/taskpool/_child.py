@@ -70,6 +70,7 @@ from taskpool._wire import (
     Result,
     Started,
     ToChild,
+    TracedCall,
     child_parser,
     dump_payload,
     load_payload,
@@ -176,7 +177,7 @@ class CallServer(FrameProtocol[ToChild]):
     def message_received(self, msg: ToChild) -> None:
         """Queue calls; act on Cancel and Shutdown at once."""
         t = type(msg)
-        if t is Call:
+        if t is Call or t is TracedCall:
             assert isinstance(msg, Call)
             self._take(msg)
         elif t is Calls:
@@ -368,6 +369,9 @@ class CallServer(FrameProtocol[ToChild]):
         token = None if shared else current.set(TaskContext(self._publish, None, None, cid))
         if shared:
             self.shared_context.task_id = cid
+        # Traced (taskpool.otel): its submit span's context is current in the call, and in
+        # the task a coroutine goes on in (copied below).
+        trace = _trace_attach(msg.trace) if type(msg) is TracedCall else None
         try:
             self.in_sync = True
             # Not "inside" the loop while user code runs, so asyncio.run() works in it.
@@ -400,6 +404,8 @@ class CallServer(FrameProtocol[ToChild]):
                 self.shared_context.task_id = None
             else:
                 current.reset(token)
+            if trace is not None:
+                _trace_detach(trace)
         end = time.time()
         if block is not None:
             block.end()
@@ -524,6 +530,28 @@ class CallServer(FrameProtocol[ToChild]):
         self.send(msg)
         if self.in_sync:
             self.flush()  # the loop is blocked by the call: write now
+
+
+#: taskpool.otel once a traced call imported it; False when it does not import here.
+_otel: Any = None
+
+
+def _trace_attach(carrier: dict[str, str]) -> object:
+    """Make a traced call's context current; None (nothing to undo) when opentelemetry is
+    not installed in this worker: the call runs as if untraced."""
+    global _otel
+    if _otel is None:
+        try:
+            from taskpool import otel
+        except ImportError:
+            _otel = False
+        else:
+            _otel = otel
+    return _otel.attach(carrier) if _otel else None
+
+
+def _trace_detach(token: object) -> None:
+    _otel.detach(token)
 
 
 def _nothing_unread(timeout: int) -> bool:

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ._workers import kind_names
 
@@ -21,8 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
-        help="run the seed examples with live status",
-        description="Run the seed examples (fib, primes, tribonacci, pi) with their "
+        help="run the examples ported from @renderdev/threadpool with live status",
+        description="Run the examples (fib, primes, tribonacci, pi) ported from @renderdev/threadpool, the "
+        "JavaScript library whose API taskpool ports, with their "
         "race / then / all_settled output, live status and timing.",
     )
     kinds = kind_names()  # every registered worker kind, third-party ones included
@@ -66,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--log-dir", default=None, help="also write each worker's output to a file there")
     srv.add_argument("--grace", type=float, default=5.0, help="seconds to stop gracefully before killing (default 5)")
     srv.add_argument("--worker", choices=kinds, default="process", help="worker kind (default process)")
+    top = sub.add_parser(
+        "top",
+        help="watch a pool's status app in the terminal",
+        description="A live terminal view of a pool served with pool.serve_status(): counts, rates, queue, "
+        "workers, restarts and latest failures, redrawn on change. Keys: q quits (so does Ctrl-C). "
+        "Exit code: 0 quit or the pool closed, 1 cannot connect or token refused, 2 bad argument.",
+    )
+    top.add_argument("url", metavar="URL", help="the status app, e.g. http://127.0.0.1:41234/ (?token= accepted)")
+    top.add_argument("--token", default=None, help="the app's token (default: ?token= in URL, else $TASKPOOL_TOKEN)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between polls without SSE (default 1)")
+    top.add_argument("--once", action="store_true", help="print one plain snapshot and exit")
     return parser
 
 
@@ -76,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "top":
+        from ._top import run_top
+
+        return run_top(args.url, token=args.token, interval=args.interval, once=args.once)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -83,31 +98,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_logs() -> None:
-    """Our own output says what happens: unless the program configured structlog, send
-    taskpool's log to stderr, warnings and up, without the ``worker output`` entries
-    (those lines are shown already, prefixed)."""
+    """Our own output says what happens; taskpool's log adds its warnings and errors.
+
+    Unless the program configured structlog or logging already, a handler on the
+    ``taskpool`` logger writes them to stderr, one readable line each, leaving out what
+    workers print (logger ``taskpool.worker``: ``taskpool serve`` shows those lines itself,
+    prefixed). Installed once, however often this is called.
+    """
     import logging
 
     import structlog
 
-    if structlog.is_configured():
-        return
+    from ._log import LOGGER_NAME, WORKER_LOGGER_NAME
 
-    def drop_worker_output(logger: object, method: str, event: Any) -> Any:
-        if event.get("event") == "worker output":
-            raise structlog.DropEvent
-        return event
+    lib = logging.getLogger(LOGGER_NAME)
+    if structlog.is_configured() or logging.getLogger().handlers:
+        return  # the program's own configuration decides
+    if any(type(h) is not logging.NullHandler for h in lib.handlers):
+        return  # configured already (by the program, or by an earlier call)
 
-    structlog.configure(
-        processors=[
-            drop_worker_output,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    class Console(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:  # sys.stderr as it is now: a program or a test may have swapped it
+                sys.stderr.write(self.format(record) + "\n")
+                sys.stderr.flush()
+            except Exception:
+                self.handleError(record)
+
+    def not_worker_output(record: logging.LogRecord) -> bool:
+        return record.name != WORKER_LOGGER_NAME and not record.name.startswith(WORKER_LOGGER_NAME + ".")
+
+    console = Console(logging.WARNING)
+    console.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s", "%H:%M:%S"))
+    console.addFilter(not_worker_output)
+    lib.addHandler(console)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -36,17 +36,17 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from . import _context
 from ._errors import PoolBroken, PoolClosed, QueueFull, TaskCancelled, TaskTimeout, WorkerCrashed, as_task_failed
 from ._events import EventBus
 from ._hooks import Hooks, in_hook
 from ._lifecycle import Extra, Lifecycle
+from ._log import Logger, get_logger
 from ._options import PoolOptions, check_callable, check_timeout
 from ._scheduler import Scheduler, Slot
 from ._supervisor import Supervisor
@@ -57,11 +57,15 @@ from ._types import (
     TaskEvent,
     TaskState,
     WorkerEvent,
-    WorkerLogEvent,
     WorkerState,
 )
 from ._waiter import Waiter, Wakeup, run_wakeups
 from ._workers import CancelResult, Capabilities, Worker, WorkerExit, WorkerSpec, backend
+from ._workers._output import route_line
+
+if TYPE_CHECKING:
+    from ._recorder import Recorder
+    from .otel import Instrumentation
 
 __all__ = ["Extra", "PoolCore"]
 
@@ -107,8 +111,11 @@ class PoolCore(Lifecycle):
         self.events: EventBus = EventBus(source=self.name)
         self.worker_buses: list[EventBus] = [self.events, *worker_buses]
         self.worker_listeners: list[Callable[[WorkerEvent], None]] = []  # told synchronously
-        self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("taskpool").bind(pool=self.name)
+        self.log: Logger = get_logger(pool=self.name)  # quiet until the app configures logging
         self.sched: Scheduler = Scheduler(keep_records=options.keep_records)
+        #: Fed per task only when no records are kept to read (see _recorder); else None.
+        self.recorder: Recorder | None = None
+        self.tracer: Instrumentation | None = None  # spans for submit and run (taskpool.otel)
         for i in range(options.pool_size):
             self.sched.add_slot(
                 Slot(first_worker_id + i, caps.window, adaptive=caps.adaptive_window, concurrency=options.concurrency)
@@ -119,6 +126,7 @@ class PoolCore(Lifecycle):
             concurrency=options.concurrency,
             cancel_grace=cancel_grace,
             max_message_size=options.max_message_size,
+            worker_output=options.worker_output,
         )
         self.sup: Supervisor = Supervisor(
             self,
@@ -288,9 +296,12 @@ class PoolCore(Lifecycle):
         if max_queue is not None and sched.n_waiting >= max_queue and not self._room_after_sync():
             raise QueueFull(f"pool {self.name!r} has {sched.n_waiting} tasks waiting to start (max_queue={max_queue})")
         task: Task[Any] = Task(self, next(self._ids), fn, args, meta, timeout, time.time())
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.task_added(task)  # before any worker can take it: it carries the trace context
         sched.add(task)
         events = self.events
-        if events.active and events.wants("task.queued"):
+        if "task.queued" in events.hot:
             events.emit(TaskEvent(topic="task.queued", time=task.queued_at, task_id=task.id, state=_QUEUED, meta=meta))
         if sched.free > 0 and self._tg is not None:
             self.pump()
@@ -387,7 +398,7 @@ class PoolCore(Lifecycle):
             for cb in cbs:
                 self.hooks.run("start_callback", cb, (task,), task)
         events = self.events
-        if events.active and events.wants("task.started"):
+        if "task.started" in events.hot:
             events.emit(
                 TaskEvent(
                     topic="task.started", time=at, task_id=task.id, state=_RUNNING, meta=task.meta, worker_id=worker.id
@@ -400,7 +411,7 @@ class PoolCore(Lifecycle):
         if task._start_callbacks is not None or task.timeout is not None or self._max_queue is not None:
             return True  # (max_queue: a start makes room for a waiting submit at once)
         events = self.events
-        return events.active and events.wants("task.started")
+        return "task.started" in events.hot
 
     def sync_starts(self) -> None:
         """Take in the starts workers have not reported yet (before status is read)."""
@@ -424,7 +435,7 @@ class PoolCore(Lifecycle):
         if started and slot is not None:
             if state is _QUEUED:
                 events = self.events
-                if task._start_callbacks is None and task.timeout is None and not events.active:
+                if task._start_callbacks is None and task.timeout is None and "task.started" not in events.hot:
                     self.sched.started(task, worker.id, started)  # nothing else to tell
                     if self.room_waiters:
                         self.wake_room()
@@ -494,14 +505,9 @@ class PoolCore(Lifecycle):
             bus.publish(topic, data, task_id=task_id, worker_id=worker.id)
 
     def worker_log(self, worker: Worker, stream: str, line: str) -> None:
-        """Log a line ``worker`` wrote to ``stream`` and publish it as ``worker.log``."""
-        log = self.log.warning if stream == "stderr" else self.log.info
-        log("worker output", worker_id=worker.id, stream=stream, line=line)
-        for bus in self.worker_buses:
-            if bus.wants("worker.log"):
-                bus.emit(
-                    WorkerLogEvent(topic="worker.log", time=time.time(), worker_id=worker.id, stream=stream, line=line)  # type: ignore[arg-type]
-                )
+        """Route a line ``worker`` wrote to ``stream`` per ``worker_output`` (logger ``taskpool.worker``,
+        ``worker.log`` events, or our own stdout/stderr)."""
+        route_line(self.options.worker_output, self.log.child("worker"), self.worker_buses, worker.id, stream, line)
 
     # --- dispatch and settlement ---------------------------------------------------------
 
@@ -524,6 +530,12 @@ class PoolCore(Lifecycle):
         task._settle(state, result, exc)
         hooks = self.hooks
         first = self.sched.settled(task, keep_in_round=hooks.wants_rounds)
+        rec = self.recorder
+        if rec is not None:
+            rec.settled(task, state)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.task_settled(task, state, exc)
         if unstarted and self.room_waiters:
             self.wake_room()
         callbacks = task._callbacks
@@ -536,7 +548,7 @@ class PoolCore(Lifecycle):
                     hooks.run("done_callback", cb, (task,), task)
         events = self.events
         topic = _TOPIC[state]
-        if events.active and events.wants(topic):
+        if topic in events.hot:
             events.emit(
                 TaskEvent(
                     topic=topic,

@@ -3,12 +3,11 @@
 The scenarios live in :mod:`taskpool.examples` (runnable on their own); each takes a
 printer, the worker kind and a pool watcher. The demo passes a :class:`Console` that
 prints the scenario's lines and keeps a live status display fed by each pool's event
-bus: a progress bar on a terminal, plain status lines otherwise.
+bus: a :class:`~taskpool.Progress` bar on a terminal, plain status lines otherwise.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
@@ -17,6 +16,7 @@ import anyio
 
 from ._loop import run
 from ._pool import FunctionPool
+from ._progress import Progress
 from ._types import StatusType, TaskEvent
 from .examples import basic_workers, process_pool, shared_workers, stateful_chaining
 
@@ -24,67 +24,69 @@ __all__ = ["SCENARIOS", "Console", "run_demo"]
 
 
 class Console:
-    """Prints lines, and a live status of one pool that never garbles them."""
+    """Prints lines, and a live status of one pool at a time that never garbles them.
+
+    ``progress``: ``"bar"`` (a :class:`~taskpool.Progress` line per pool, replaced by its
+    summary when the pool closes), ``"lines"`` (a status line per task event) or ``"off"``.
+    """
 
     def __init__(self, progress: str, out: TextIO | None = None) -> None:
         self.progress = progress
         self.out = out or sys.stdout
-        self._bar = ""
+        self._bar: Progress | None = None
 
     def print(self, *parts: Any) -> None:
         """Print a line (above the progress bar, when one is shown)."""
-        self._clear()
-        print(*parts, file=self.out, flush=True)
-        self._draw()
-
-    def _clear(self) -> None:
-        if self._bar:
-            self.out.write("\r\x1b[2K")
-
-    def _draw(self) -> None:
-        if self._bar:
-            self.out.write(self._bar)
-            self.out.flush()
+        if self._bar is not None:
+            self._bar.write(" ".join(map(str, parts)))
+        else:
+            print(*parts, file=self.out, flush=True)
 
     def update(self, pool: FunctionPool, event: TaskEvent) -> None:
         """Show the pool's status after ``event``."""
         counts = pool.status()
-        total = counts["total"] or 1
-        done = counts["completed"]
         if self.progress == "bar":
-            width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - 50))
-            filled = int(width * done / total)
-            self._clear()
-            self._bar = (
-                f"[{'#' * filled}{'.' * (width - filled)}] {done}/{counts['total']} done, "
-                f"{counts['active']} running, {counts['queued']} queued"
-            )
-            self._draw()
+            bar = self._bar
+            if bar is None:  # forced with --progress bar: draw even when out is no terminal
+                bar = self._bar = Progress(label=pool.name, file=self.out, enabled=True)
+            # Follow the pool's own counts: they hold the tasks added before we subscribed.
+            bar.total = counts["total"]
+            failed = counts["failed"] + counts["cancelled"] - bar.failed
+            if failed > 0:
+                bar.advance(failed, failed=True)
+            succeeded = counts["completed"] - bar.done
+            if succeeded > 0:
+                bar.advance(succeeded)
         elif self.progress == "lines" and event.topic != "task.queued":
             meta = f" {event.meta}" if event.meta is not None else ""
             where = f" on worker {event.worker_id}" if event.worker_id is not None else ""
             print(
                 f"  [status] task {event.task_id}{meta} {event.state.value}{where}: "
-                f"{done}/{counts['total']} done ({pool.status('completed', StatusType.PERCENT):.0f}%)",
+                f"{counts['completed']}/{counts['total']} done ({pool.status('completed', StatusType.PERCENT):.0f}%)",
                 file=self.out,
                 flush=True,
             )
 
     def finish(self) -> None:
-        """Remove the progress bar."""
-        self._clear()
-        self._bar = ""
+        """Replace the progress bar by its summary line."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
-async def watch(pool: FunctionPool, console: Console) -> None:
-    """Feed the console from the pool's bus until the pool closes."""
-    if console.progress == "off":
-        return
-    async with pool.events.subscribe("task.*") as sub:
-        async for event in sub:
-            if isinstance(event, TaskEvent):
-                console.update(pool, event)
-    console.finish()
+async def watch(pool: FunctionPool, console: Console, stopped: anyio.Event | None = None) -> None:
+    """Feed the console from the pool's bus until the pool closes; then set ``stopped``."""
+    try:
+        if console.progress == "off":
+            return
+        async with pool.events.subscribe("task.*") as sub:
+            async for event in sub:
+                if isinstance(event, TaskEvent):
+                    console.update(pool, event)
+    finally:
+        console.finish()
+        if stopped is not None:
+            stopped.set()
 
 
 Scenario = Callable[..., Awaitable[Any]]
@@ -108,9 +110,11 @@ def run_demo(names: list[str], *, worker: str, progress: str) -> int:
 
     async def _main() -> None:
         async with anyio.create_task_group() as tg:
+            watchers: list[anyio.Event] = []
 
             def watch_pool(pool: FunctionPool) -> None:
-                tg.start_soon(watch, pool, console)
+                watchers.append(anyio.Event())
+                tg.start_soon(watch, pool, console, watchers[-1])
 
             for i, name in enumerate(names):
                 title, scenario = SCENARIOS[name]
@@ -118,6 +122,11 @@ def run_demo(names: list[str], *, worker: str, progress: str) -> int:
                     console.print()
                 console.print(f"=== {title} ({name}, worker={worker}) ===\n")
                 await scenario(console.print, worker, watch_pool)
+                # The pool closed: let its status end (a bar leaves its summary) before the next one.
+                with anyio.move_on_after(5):
+                    for stopped in watchers:
+                        await stopped.wait()
+                watchers.clear()
 
     try:
         run(_main())  # on uvloop when it is installed

@@ -24,6 +24,9 @@ from ._types import Event, UserEvent
 __all__ = ["EventBus", "Subscription", "set_if_pending"]
 
 _CACHE_LIMIT = 4096
+#: The per-task topics: the pool tests ``topic in bus.hot`` for these (one set lookup),
+#: so subscribers of other topics (a dashboard's ``worker.*``) cost a task nothing.
+HOT_TOPICS: tuple[str, ...] = ("task.queued", "task.started", "task.succeeded", "task.failed", "task.cancelled")
 
 
 class Subscription:
@@ -142,6 +145,8 @@ class EventBus:
         self._subs: list[weakref.ref[Subscription]] = []
         #: False while nobody subscribes: publishers test it before anything else (hot path).
         self.active: bool = False
+        #: Which of :data:`HOT_TOPICS` some subscription matches (kept up to date on every change).
+        self.hot: frozenset[str] = frozenset()
         self._routes: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -182,7 +187,13 @@ class EventBus:
             self._subs.append(weakref.ref(sub, self._forget))
             self._routes = {}
             self.active = True
+            self._rehot()
         return sub
+
+    def _rehot(self) -> None:
+        # (under the lock) which per-task topics anyone listens to now
+        subs = [s for r in self._subs if (s := r()) is not None]
+        self.hot = frozenset(t for t in HOT_TOPICS if any(s.matches(t) for s in subs))
 
     def _forget(self, ref: weakref.ref[Subscription]) -> None:
         # A subscription was garbage-collected without being closed.
@@ -193,6 +204,7 @@ class EventBus:
                 return
             self._routes = {}
             self.active = bool(self._subs)
+            self._rehot()
 
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
@@ -201,6 +213,7 @@ class EventBus:
                     self._subs.remove(ref)
                     self._routes = {}
                     self.active = bool(self._subs)
+                    self._rehot()
                     return
 
     def _route(self, topic: str) -> tuple[weakref.ref[Subscription], ...]:
@@ -257,6 +270,7 @@ class EventBus:
             self._closed = True
             refs, self._subs, self._routes = self._subs, [], {}
             self.active = False
+            self.hot = frozenset()
         for ref in refs:
             sub = ref()
             if sub is not None:

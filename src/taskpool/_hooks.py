@@ -22,10 +22,16 @@ from ._types import HookErrorEvent
 
 if TYPE_CHECKING:
     import anyio.abc
-    import structlog
 
     from ._events import EventBus
+    from ._log import Logger
     from ._task import Task
+
+_sniffio_cvar: contextvars.ContextVar[str | None] | None
+try:
+    from sniffio import current_async_library_cvar as _sniffio_cvar
+except ImportError:  # anyio then finds the running asyncio loop by itself
+    _sniffio_cvar = None
 
 __all__ = ["KINDS", "Hooks", "in_hook"]
 
@@ -44,7 +50,7 @@ class Hooks:
         depth: sync callbacks running right now (intake stays open for them while closing).
     """
 
-    def __init__(self, owner: object, bus: EventBus, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(self, owner: object, bus: EventBus, log: Logger) -> None:
         self._owner = owner
         self._bus = bus
         self._log = log
@@ -126,7 +132,16 @@ class Hooks:
     def _start(self, kind: str, awaitable: Awaitable[Any], task_id: int | None) -> None:
         assert self._tg is not None
         self.running += 1
-        self._tg.start_soon(self._await, kind, awaitable, task_id)
+        # Hooks run from loop callbacks (a worker's batch of answers), outside any task.
+        # With sniffio installed, anyio asks it which library runs, and sniffio only
+        # knows from inside a task: say it here (the pool always runs on asyncio).
+        cvar = _sniffio_cvar
+        token = cvar.set("asyncio") if cvar is not None else None
+        try:
+            self._tg.start_soon(self._await, kind, awaitable, task_id)
+        finally:
+            if cvar is not None and token is not None:
+                cvar.reset(token)
 
     async def _await(self, kind: str, awaitable: Awaitable[Any], task_id: int | None) -> None:
         in_hook.set(self._owner)

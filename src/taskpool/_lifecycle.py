@@ -33,10 +33,9 @@ from ._options import check_grace
 from ._types import PoolEvent, PoolState, WorkerSnapshot
 
 if TYPE_CHECKING:
-    import structlog
-
     from ._events import EventBus
     from ._hooks import Hooks
+    from ._log import Logger
     from ._scheduler import Scheduler
     from ._supervisor import Supervisor
 
@@ -64,7 +63,7 @@ class Lifecycle:
 
     name: str
     events: EventBus
-    log: structlog.typing.FilteringBoundLogger
+    log: Logger
     sched: Scheduler
     sup: Supervisor
     hooks: Hooks

@@ -13,6 +13,7 @@ from ._chunks import run_chunk, run_chunk_async
 from ._wire import is_async_callable
 
 if TYPE_CHECKING:
+    from ._progress import Progress
     from ._task import Task
 
 __all__ = ["CHUNK_TARGET", "MAX_CHUNK", "TINY_CALL", "map_tasks"]
@@ -34,6 +35,8 @@ async def map_tasks(
     ordered: bool,
     window: int,
     chunksize: int | None = 1,
+    progress: Progress | None = None,
+    close_progress: bool = False,
 ) -> AsyncIterator[Any]:
     """Yield ``fn(item)`` for each item, submitted with ``submit(fn, item)``.
 
@@ -48,6 +51,10 @@ async def map_tasks(
     the worker, where a task's own cost dominates); then as many per task as run about
     :data:`CHUNK_TARGET` seconds (at most :data:`MAX_CHUNK`). Coroutine functions are
     never chunked by "auto": their calls wait on I/O, and a chunk would serialise them.
+
+    ``progress`` is advanced by each task's item count as it settles (a failed chunk
+    counts all its items failed; a task cancelled by the map's end is not counted), and
+    closed when the map ends if ``close_progress``.
     """
     inflight: collections.deque[tuple[Task[Any], int]] = collections.deque()  # (task, items; 0: unchunked)
     ready: collections.deque[tuple[Task[Any], int]] = collections.deque()  # settled, not yet yielded
@@ -60,6 +67,8 @@ async def map_tasks(
 
     def on_done(t: Task[Any], n: int) -> None:
         nonlocal size
+        if progress is not None and not t.cancelled():
+            progress.advance(n or 1, failed=t.exception() is not None)
         if t.exception() is not None:
             if not failed:
                 failed.append(t)
@@ -149,3 +158,5 @@ async def map_tasks(
     finally:
         for t, _ in inflight:
             t.cancel()
+        if close_progress and progress is not None:
+            progress.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -18,13 +18,16 @@ from ._restart import RestartPolicy
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
     "MAX_WORKERS",
+    "WORKER_OUTPUTS",
     "PoolOptions",
+    "WorkerOutput",
     "check_callable",
     "check_count",
     "check_grace",
     "check_name",
     "check_restart",
     "check_timeout",
+    "check_worker_output",
     "default_pool_size",
 ]
 
@@ -34,6 +37,12 @@ DEFAULT_MAX_MESSAGE = 2**30
 #: Upper bound on ``pool_size`` (and service ``instances``): far above what one machine
 #: runs usefully, low enough that a typo cannot spawn a million workers.
 MAX_WORKERS = 1024
+
+#: Where a worker's stdout/stderr go (``worker_output=``): ``"log"`` (the ``taskpool.worker``
+#: logger, ``worker.log`` events and ``log_dir``), ``"inherit"`` (the parent's own
+#: stdout/stderr, and ``log_dir``) or ``"events"`` (``worker.log`` events and ``log_dir``).
+WorkerOutput = Literal["log", "inherit", "events"]
+WORKER_OUTPUTS: tuple[str, ...] = get_args(WorkerOutput)
 
 
 def default_pool_size() -> int:
@@ -109,6 +118,21 @@ def check_restart(value: RestartPolicy | None, default: RestartPolicy) -> Restar
     return value
 
 
+def check_worker_output(value: str) -> WorkerOutput:
+    """One of :data:`WORKER_OUTPUTS`.
+
+    Raises:
+        TypeError: ``value`` is not a str.
+        ValueError: ``value`` is not ``"log"``, ``"inherit"`` or ``"events"``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"worker_output must be a str, got {type(value).__name__}")
+    if value not in WORKER_OUTPUTS:
+        accepted = ", ".join(repr(v) for v in WORKER_OUTPUTS)
+        raise ValueError(f"worker_output must be one of {accepted}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 def check_name(what: str, value: str | None) -> str | None:
     """A non-empty str, or None."""
     if value is not None and (not isinstance(value, str) or not value):
@@ -131,6 +155,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     concurrency: int = 1
     max_message_size: int = DEFAULT_MAX_MESSAGE
+    worker_output: WorkerOutput = "log"
 
     @classmethod
     def checked(
@@ -148,6 +173,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
         name: str,
         concurrency: int,
         max_message_size: int = 2**30,
+        worker_output: str = "log",
     ) -> PoolOptions:
         """Check every option; raise on the first bad one.
 
@@ -179,4 +205,5 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
             concurrency=check_count("concurrency", concurrency, maximum=MAX_WORKERS) or 1,
             max_message_size=check_count("max_message_size", max_message_size, minimum=2**16, maximum=2**32 - 1)
             or DEFAULT_MAX_MESSAGE,
+            worker_output=check_worker_output(worker_output),
         )

@@ -252,6 +252,7 @@ class PersistentWorker(Generic[M]):
             keep_records=0,
             name=name,
             log_dir=parent.options.log_dir if parent is not None else None,
+            worker_output=parent.options.worker_output if parent is not None else "log",
         )
         self._core = PoolCore(
             options,

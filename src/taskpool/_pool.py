@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, overload
 
@@ -31,6 +31,7 @@ from ._options import (
     check_restart,
 )
 from ._persistent import PersistentWorker, PersistentWorkerStarter
+from ._progress import Progress
 from ._restart import RestartPolicy
 from ._service import Service
 from ._types import PoolSnapshot, PoolState, StatusType, TaskRecord
@@ -38,6 +39,7 @@ from ._types import PoolSnapshot, PoolState, StatusType, TaskRecord
 if TYPE_CHECKING:
     from ._events import EventBus
     from ._task import Task
+    from .web._server import StatusServer
 
 __all__ = ["FunctionPool"]
 
@@ -76,6 +78,13 @@ class FunctionPool:
             frame, or one out-of-band buffer of a result (default 1 GiB; 64 KiB to
             4 GiB - 1). A worker that sends a bigger one, or garbage, is killed and its
             tasks fail with ``WorkerCrashed``: nothing is allocated for it first.
+        worker_output: where what process workers print (stdout/stderr) goes:
+            ``"log"`` (default: each line logged on the ``taskpool.worker`` logger, stderr
+            as warnings, and published as a ``worker.log`` event), ``"inherit"`` (written
+            through to this process's own ``sys.stdout`` / ``sys.stderr`` as it arrives,
+            as ``ProcessPoolExecutor``'s children do; no log, no events) or ``"events"``
+            (``worker.log`` events only). ``log_dir`` gets a copy in every mode. Thread and
+            inline workers write to this process's stdout themselves: nothing to route.
 
     Raises:
         ValueError: an argument is out of range (the message names it and what is accepted).
@@ -97,6 +106,7 @@ class FunctionPool:
         name: str | None = None,
         concurrency: int = 1,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
+        worker_output: Literal["log", "inherit", "events"] = "log",
     ) -> None:
         check_name("name", name)
         options = PoolOptions.checked(
@@ -112,6 +122,7 @@ class FunctionPool:
             name=name or f"pool-{next(_pool_numbers)}",
             concurrency=concurrency,
             max_message_size=max_message_size,
+            worker_output=worker_output,
         )
         self._core = core = PoolCore(options)
         self.name: str = options.name
@@ -120,6 +131,7 @@ class FunctionPool:
         self.restart: RestartPolicy = options.restart
         self.log_dir: str | None = options.log_dir
         self.concurrency: int = options.concurrency
+        self.worker_output: Literal["log", "inherit", "events"] = options.worker_output
         self.events: EventBus = core.events
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -297,6 +309,7 @@ class FunctionPool:
         ordered: bool = True,
         window: int | None = None,
         chunksize: int | Literal["auto"] = "auto",
+        progress: bool | Progress = False,
     ) -> AsyncIterator[R]:
         """Run ``fn(item)`` for each item, yielding results in input order (or as they finish).
 
@@ -314,8 +327,16 @@ class FunctionPool:
         a chunk awaits its items one after the other). Hooks and status see a chunk as one
         task; ``window`` counts tasks.
 
+        ``progress=True`` draws a :class:`Progress` line on stderr when it is a terminal
+        (nothing otherwise), labelled with ``fn``'s name and closed when the map ends. It
+        counts items, not chunks, as their tasks settle; its total is ``len(iterable)``
+        when the input has one (else it shows the count and rate, without an ETA). Pass a
+        ``Progress`` of your own to choose its file or label, or to share it between maps:
+        the map then adds ``len(iterable)`` (when known) to its total and leaves it open.
+
         Raises:
-            TypeError: ``fn`` is not callable or ``iterable`` is not iterable.
+            TypeError: ``fn`` is not callable, ``iterable`` is not iterable, or
+                ``progress`` is neither a bool nor a ``Progress``.
             ValueError: ``window`` < 1, or ``chunksize`` neither ``"auto"`` nor an int >= 1.
         """
         check_callable("map()", fn)
@@ -327,7 +348,29 @@ class FunctionPool:
             if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
                 raise ValueError(f"chunksize must be 'auto' or an int >= 1, got {chunksize!r}")
             size = chunksize
-        return map_tasks(self._submit_one, fn, iterable, ordered=ordered, window=window, chunksize=size)
+        if not isinstance(progress, (bool, Progress)):
+            raise TypeError(f"progress must be a bool or a Progress, got {type(progress).__name__}")
+        known = len(iterable) if isinstance(iterable, Sized) else None
+        bar: Progress | None = None
+        if isinstance(progress, Progress):
+            bar = progress
+            if known is not None:
+                bar.total = (bar.total or 0) + known
+        elif progress:
+            name = getattr(fn, "__name__", None)
+            bar = Progress(known, label=name if isinstance(name, str) else "map")
+            if not bar.enabled:
+                bar = None  # not a terminal: nothing to show, nothing to count
+        return map_tasks(
+            self._submit_one,
+            fn,
+            iterable,
+            ordered=ordered,
+            window=window,
+            chunksize=size,
+            progress=bar,
+            close_progress=bar is not progress,
+        )
 
     async def _submit_one(self, fn: Callable[..., Any], item: Any) -> Task[Any]:
         return await self.submit(fn, item)
@@ -416,6 +459,33 @@ class FunctionPool:
     def snapshot(self) -> PoolSnapshot:
         """A :class:`PoolSnapshot` for dashboards (``msgspec.json.encode`` works on it)."""
         return _status.snapshot(self._core)
+
+    async def serve_status(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        *,
+        title: str | None = None,
+        announce: bool = True,
+    ) -> StatusServer:
+        """Serve :func:`taskpool.web.status_app` for this pool over HTTP, in this event loop.
+
+        Listens on ``host``:``port`` (loopback and a free port by default) before it
+        returns. ``token=None`` makes a random token (printed to stderr with the URL
+        unless ``announce=False``); ``token=""`` serves without one. The server is
+        closed with the pool, or by ``await server.aclose()``; its event streams end
+        first, so closing never waits on a dashboard left open.
+
+        Raises:
+            ImportError: the ``taskpool[web]`` extra (uvicorn) is not installed.
+            PoolClosed: the pool is closing or closed.
+            TypeError, ValueError: a bad ``host``, ``port`` or ``token``.
+            OSError: the address cannot be bound.
+        """
+        from .web._server import serve_status
+
+        return await serve_status(self, host, port, token, title=title, announce=announce)
 
     # --- persistent workers and services ---------------------------------------------------
 

@@ -105,7 +105,8 @@ async def serve(
             pass
 
     async with (
-        FunctionPool(1, worker="inline", name="serve", log_dir=log_dir) as pool,
+        # Worker output as events only: shown here, prefixed, and not logged a second time.
+        FunctionPool(1, worker="inline", name="serve", log_dir=log_dir, worker_output="events") as pool,
         pool.events.subscribe("service.*", "worker.log", maxsize=100_000) as sub,
     ):
         service = pool.keep_alive(fn, name=name, instances=instances, restart=restart, worker=worker, grace=grace)

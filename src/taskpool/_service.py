@@ -76,6 +76,7 @@ class Service:
             keep_records=0,
             name=f"{parent.name}:{name}",
             log_dir=parent.options.log_dir,
+            worker_output=parent.options.worker_output,
         )
         # A cancelled async instance gets the whole stop grace before its worker is killed.
         self._core = PoolCore(

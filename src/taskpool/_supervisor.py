@@ -35,7 +35,7 @@ from ._types import PoolState, WorkerState
 from ._workers import Worker, WorkerExit, WorkerSpec
 
 if TYPE_CHECKING:
-    import structlog
+    from ._log import Logger
 
 __all__ = ["START_ATTEMPTS", "Dead", "Replace", "SlotHost", "Stop", "Supervisor", "next_step"]
 
@@ -153,7 +153,7 @@ class Supervisor:
         restart: RestartPolicy,
         max_tasks: int | None,
         max_memory: int | None,
-        log: structlog.typing.FilteringBoundLogger,
+        log: Logger,
         name: str,
     ) -> None:
         self.host: SlotHost = host

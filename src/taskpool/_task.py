@@ -76,6 +76,7 @@ class Task(Generic[T]):
         "_started_at",
         "_state",
         "_timer",
+        "_trace",
         "_worker_id",
         "args",
         "dispatched_at",
@@ -118,6 +119,9 @@ class Task(Generic[T]):
         self._timer: asyncio.TimerHandle | None = None
         self._held = False  # handed to a worker and not settled: counted as active
         self.slot: Any = None  # the pool-internal Slot holding it, if any
+        # The W3C trace context of its submit span, carried to the worker: set only while
+        # the pool is instrumented (taskpool.otel), so a worker pays one None check.
+        self._trace: dict[str, str] | None = None
 
     # --- state -------------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ __all__ = [
     "Shutdown",
     "Started",
     "ToChild",
+    "TracedCall",
     "ToParent",
     "child_parser",
     "dump_args",
@@ -164,10 +165,16 @@ class Call(Message, tag=1):
     report: bool = False
 
 
+class TracedCall(Call, tag=5):
+    """A Call run in the W3C trace context ``trace`` (taskpool.otel): untraced frames stay as they were."""
+
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class Calls(Message, tag=4):
     """Several calls in one frame (none with out-of-band segments), in the order sent."""
 
-    calls: list[Call]
+    calls: list[Call | TracedCall]
 
 
 class Cancel(Message, tag=2):
@@ -273,7 +280,7 @@ class Answers(Message, tag=26):
 #: array32 header whose count FrameWriter.add_item keeps up to date.
 ANSWERS_HEAD: Final = b"\x92\x1a\xdd"
 
-ToChild: TypeAlias = Call | Calls | Cancel | Shutdown
+ToChild: TypeAlias = Call | TracedCall | Calls | Cancel | Shutdown
 ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish | Answers
 
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
 
+from .._options import WorkerOutput
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -101,6 +103,12 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: Largest message (a frame, or one out-of-band segment) a worker may send, in bytes:
     #: a bigger one is a broken or hostile worker, killed before anything is allocated.
     max_message_size: int = 2**30
+    #: Where the worker's stdout/stderr go: ``"log"`` (``host.worker_log``: the logger and
+    #: ``worker.log`` events), ``"events"`` (``host.worker_log``: events only) or
+    #: ``"inherit"`` (written through to the parent's ``sys.stdout`` / ``sys.stderr``);
+    #: ``log_dir`` gets a copy in every mode. Kinds whose workers share the parent's
+    #: stdout (inline, thread) have nothing to route.
+    worker_output: WorkerOutput = "log"
 
 
 class WorkerHost(Protocol):
@@ -140,7 +148,8 @@ class WorkerHost(Protocol):
         """A task on the worker called ``taskpool.publish``."""
 
     def worker_log(self, worker: Worker, stream: str, line: str) -> None:
-        """The worker wrote a line to its stdout or stderr."""
+        """The worker wrote a line to its stdout or stderr (``"stdout"`` / ``"stderr"``);
+        the host routes it per ``spec.worker_output``."""
 
 
 class Worker(abc.ABC):

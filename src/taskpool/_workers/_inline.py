@@ -91,6 +91,8 @@ class InlineWorker(Worker):
             # Stopping a task cancels this runner's asyncio task (no cancel scope per task:
             # they cost more than the task); the runner takes the cancellation back.
             running[task] = me
+            carrier = task._trace
+            token = None if carrier is None else _attach(carrier)
             try:
                 value = task.fn(*task.args)
                 if type(value) is types.CoroutineType or hasattr(value, "__await__"):
@@ -109,6 +111,8 @@ class InlineWorker(Worker):
                 value = own_traceback(exc, _RUNNER_CODE)
             del running[task]
             cancelling.discard(task)
+            if token is not None:
+                _detach(token)
             ctx.task_id = None
             host.task_finished(self, task, ok, value, time.time())
             del task, value  # keep no reference to a settled task or its result
@@ -166,6 +170,19 @@ class InlineWorker(Worker):
         for wake in waiters:
             if not wake.done():
                 wake.set_result(None)
+
+
+def _attach(carrier: dict[str, str]) -> object:
+    """Make a traced task's context current (taskpool.otel: the pool is instrumented, so it imports)."""
+    from taskpool.otel import attach
+
+    return attach(carrier)
+
+
+def _detach(token: object) -> None:
+    from taskpool.otel import detach
+
+    detach(token)
 
 
 _RUNNER_CODE = InlineWorker._runner.__code__  # stripped from tasks' tracebacks

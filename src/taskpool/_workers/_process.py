@@ -14,8 +14,9 @@ Parent side of the channel (the child side is :mod:`taskpool._child`, the messag
           late) / task_started / worker_publish; host.batch_done(): more work, and the
           awaiters resumed
     (the book of the calls sent, their numbers and starts: taskpool._workers._calls)
-    stdout / stderr pipes ──► chunks ──► lines ──► host.worker_log (structlog + worker.log
-                                        events, and the worker's file under log_dir)
+    stdout / stderr pipes ──► chunks ──► lines ──► host.worker_log (the logger and/or
+                                        worker.log events), and the file under log_dir
+                         (worker_output="inherit": chunks ──► our sys.stdout / sys.stderr)
 
 Stopping work for real: ``cancel`` sends ``Cancel(id)``; an async call is cancelled in
 the child. A sync call cannot be interrupted, so its worker is killed at once (and an
@@ -54,6 +55,7 @@ from .._functions import FunctionTable
 from .._spawn import read_lines, spawn_child
 from ._base import CancelResult, Capabilities, WorkerExit, log_path
 from ._calls import START_DEADLINE, START_POLL, ProcessCalls
+from ._output import pass_through
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -328,7 +330,10 @@ class ProcessWorker(ProcessCalls):
                 logfile.write(f"{prefix}{line}\n")
             host.worker_log(self, name, line)
 
-        await read_lines(stream, emit)
+        if self.spec.worker_output == "inherit":
+            await pass_through(stream, name, logfile, prefix)
+        else:
+            await read_lines(stream, emit)
 
     # --- messages from the child ---------------------------------------------------------
 
@@ -409,7 +414,7 @@ class ProcessWorker(ProcessCalls):
         """Report ``line`` on the worker's stderr stream (and in its log file)."""
         if self._logfile is not None:
             self._logfile.write(f"[stderr] {line}\n")
-        self.host.worker_log(self, "stderr", line)
+        self.host.worker_log(self, "stderr", line)  # (with "inherit": to our stderr)
 
     def _kill_for(self, why: str) -> None:
         """Kill a worker that misbehaved (its running calls fail as crashed, with ``why``)."""
@@ -434,6 +439,8 @@ class ProcessWorker(ProcessCalls):
             return
         report = self._control is None or self.host.start_wanted(task)
         call = _wire.Call(task.id, fn_id, fmt, data, bufs, define, drop, report)
+        if (carrier := getattr(task, "_trace", None)) is not None:  # taskpool.otel; others as they were
+            call = _wire.TracedCall(task.id, fn_id, fmt, data, bufs, define, drop, report, carrier)
         if bufs or not self._calls:
             # An idle worker gets it at once (latency); one with out-of-band segments
             # travels in a frame of its own, after the calls sent before it.

@@ -400,6 +400,8 @@ class ThreadWorker(Worker):
                         asyncio.get_running_loop().call_soon(self._start_helpers, self._turn)
                     ctx.task_id = task.id
                     running[task] = me
+                    carrier = task._trace
+                    token = None if carrier is None else _attach(carrier)
                     try:
                         value = await coro
                         ok = True
@@ -418,6 +420,8 @@ class ThreadWorker(Worker):
                         ok, value = False, own_traceback(exc, _RUNNER_CODE)
                     cancelling.discard(task)
                     del running[task]
+                    if token is not None:
+                        _detach(token)
                 coro = None
             ctx.task_id = None
             # Decided before the report, so work the pool sends once it has the report
@@ -452,11 +456,39 @@ def _call(task: Task[Any], stop_asked: set[Task[Any]]) -> tuple[bool, Any]:
     ``(False, None)`` when it was cancelled as it was taken (it does not run)."""
     if stop_asked and task in stop_asked:
         return False, None
+    carrier = task._trace
+    if carrier is not None:
+        return _call_traced(task, carrier)
     try:
         return True, task.fn(*task.args)
     except BaseException as exc:
         return False, own_traceback(exc, _CALL_CODE)
 
 
+def _call_traced(task: Task[Any], carrier: dict[str, str]) -> tuple[bool, Any]:
+    """:func:`_call` in the trace context of the task's submit span (taskpool.otel)."""
+    token = _attach(carrier)
+    try:
+        return True, task.fn(*task.args)
+    except BaseException as exc:
+        return False, own_traceback(exc, _TRACED_CODE)
+    finally:
+        _detach(token)
+
+
+def _attach(carrier: dict[str, str]) -> object:
+    # Only traced tasks get here: the pool is instrumented, so taskpool.otel imports.
+    from taskpool.otel import attach
+
+    return attach(carrier)
+
+
+def _detach(token: object) -> None:
+    from taskpool.otel import detach
+
+    detach(token)
+
+
 _CALL_CODE = _call.__code__  # stripped from tasks' tracebacks
+_TRACED_CODE = _call_traced.__code__
 _RUNNER_CODE = ThreadWorker._runner.__code__
