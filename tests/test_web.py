@@ -531,3 +531,19 @@ def _uvicorn_url(proc: subprocess.Popen[str]) -> str:
 async def _aiter(xs: list[Any]) -> AsyncIterator[Any]:
     for x in xs:
         yield x
+
+
+@pytest.mark.asyncio
+async def test_recorder_samples_past_its_limit_but_lists_every_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import taskpool._recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "SAMPLE_LIMIT", 10)
+    async with FunctionPool(1, worker="inline") as pool:
+        rec = status_app(pool)._reporter.recorder
+        bad = [pool.add_task(fail, f"no {i}") for i in range(3)]
+        good = [pool.add_task(square, i) for i in range(50)]  # the 3 failures are older than the sample
+        await asyncio.gather(*bad, *good, return_exceptions=True)
+        rec.catch_up()
+        assert rec.run.n == pytest.approx(53) and sum(rec.run.counts) == pytest.approx(53)
+        assert [f["id"] for f in rec.failures] == [t.id for t in bad]
+        assert rec.failures[-1]["error"] == "ValueError: no 2"

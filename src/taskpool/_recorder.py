@@ -7,11 +7,12 @@ counts, a ring of samples for rates and windowed quantiles, the last
 
 It costs the hot path nothing. The scheduler already keeps the last ``keep_records``
 settled tasks as plain tuples (with their queue, start and finish times); the recorder
-reads the new ones every :data:`CATCH_UP` seconds (and before each read). While fewer
-than ``keep_records`` tasks settle between two catch-ups (40,000 tasks/s with the
-default 10,000) every task is counted; above that the kept ones stand for the rest:
-each is counted with the weight ``settled / kept``, so ``count`` stays exact and the
-bucket shares are a uniform sample of the latest tasks. Counting each task as it
+reads the new ones every :data:`CATCH_UP` seconds (and before each read). While at
+most :data:`SAMPLE_LIMIT` tasks settle between two catch-ups (8,000 tasks/s; fewer
+when ``keep_records`` is smaller) every task is counted; above that the newest ones
+stand for the rest: each is counted with the weight ``settled / read``, so ``count``
+stays exact while ``sum`` and the bucket shares are estimated from the latest tasks.
+Failures are never sampled: each one still kept is listed. Counting each task as it
 settles instead would cost ~0.3 µs per task on the loop, about a tenth of the thread
 kind's whole per-task cost. With ``keep_records=0`` there is nothing to read, and the
 core feeds :meth:`Recorder.settled` per task instead.
@@ -48,6 +49,9 @@ BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 #: Seconds between two catch-ups with the scheduler's records.
 CATCH_UP = 0.25
+#: Records read per catch-up at most: past this (8,000 tasks/s), the newest ones are a
+#: sample that stands for the rest; reading them all would cost ~1% of a busy loop.
+SAMPLE_LIMIT = 2000
 #: Failures kept for the live page (newest last).
 FAILURES_KEPT = 20
 #: Seconds between two rate samples, and how far back the samples reach.
@@ -157,6 +161,7 @@ class Recorder:
         # (time, added, completed, failed, run bucket counts, wait bucket counts)
         self._samples: collections.deque[tuple[float, int, int, int, list[float], list[float]]] = collections.deque()
         self._seen = sched.n_completed  # settled tasks already counted (or before we came)
+        self._seen_failed = sched.n_failed
         self._timer: asyncio.TimerHandle | None = None
         self.sample(self.since)
 
@@ -191,8 +196,10 @@ class Recorder:
         if new <= 0 or self.per_task:
             return
         self._seen = sched.n_completed
+        new_failed = sched.n_failed - self._seen_failed
+        self._seen_failed = sched.n_failed
         done = sched._done
-        kept = min(new, len(done))
+        kept = min(new, len(done), SAMPLE_LIMIT)
         if kept == 0:
             return
         weight = new / kept
@@ -219,6 +226,13 @@ class Recorder:
                     n_run += 1
             if rec[2] is _FAILED and len(failed) < FAILURES_KEPT:
                 failed.append(rec)
+        want = min(new_failed, FAILURES_KEPT)
+        if len(failed) < want:  # failures older than the sample: every one is shown, not a sample
+            for rec in itertools.islice(reversed(done), kept, min(new, len(done))):
+                if rec[2] is _FAILED:
+                    failed.append(rec)
+                    if len(failed) >= want:
+                        break
         run.n += n_run * weight
         run.total += run_sum * weight
         wait.n += n_wait * weight
