@@ -547,3 +547,36 @@ async def test_recorder_samples_past_its_limit_but_lists_every_failure(monkeypat
         assert rec.run.n == pytest.approx(53) and sum(rec.run.counts) == pytest.approx(53)
         assert [f["id"] for f in rec.failures] == [t.id for t in bad]
         assert rec.failures[-1]["error"] == "ValueError: no 2"
+
+
+MISSING_EXTRA = textwrap.dedent(
+    """
+    import asyncio, importlib, sys
+    sys.modules["uvicorn"] = None            # as if the web extra were not installed
+    sys.modules["prometheus_client"] = None
+    import taskpool, taskpool.web            # the ASGI app itself needs neither
+
+    async def main():
+        async with taskpool.FunctionPool(1, worker="inline") as pool:
+            taskpool.web.status_app(pool)
+            try:
+                await pool.serve_status()
+            except ImportError as exc:
+                print("serve:", exc)
+        try:
+            importlib.import_module("taskpool.metrics")
+        except ImportError as exc:
+            print("metrics:", exc)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_missing_extra_is_named() -> None:
+    out = subprocess.run([sys.executable, "-c", MISSING_EXTRA], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("serve:") and "pip install 'taskpool[web]'" in lines[0]
+    assert lines[1].startswith("metrics:") and "pip install 'taskpool[web]'" in lines[1]

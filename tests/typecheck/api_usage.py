@@ -25,6 +25,7 @@ from taskpool import (
     FunctionPool,
     PersistentWorker,
     PoolSnapshot,
+    Progress,
     RestartPolicy,
     Service,
     StatusType,
@@ -34,7 +35,9 @@ from taskpool import (
     import_persistent_worker,
 )
 from taskpool.examples import math
+from taskpool.metrics import PoolCollector, collector
 from taskpool.testing import Gate, block_gate, wait_gate
+from taskpool.web import StatusApp, StatusServer, status_app
 
 
 async def add(a: int, b: int) -> int:
@@ -121,3 +124,21 @@ async def gate_usage() -> None:
         assert_type(block_gate(gate.path, "tag", b"result"), bytes)
         await gate.until(lambda: len(gate.arrivals) > 1, "two arrivals")
         gate.open()
+
+
+async def observability_usage() -> None:
+    async with FunctionPool(2, worker="thread", worker_output="inherit") as pool:
+        server = await pool.serve_status(port=0, token="t", title="usage", announce=False)
+        assert_type(server, StatusServer)
+        assert_type(server.url, str)
+        assert_type(server.token, str | None)
+        app = status_app(pool, token="t")
+        assert_type(app, StatusApp)
+        app.close()
+        assert_type(collector(pool), PoolCollector)
+        with Progress(total=3, label="usage") as progress:
+            progress.track([pool.add_task(mul, 2, 3)])
+            assert_type(progress.done, int)
+        async for value in pool.map(functools.partial(mul, 2), [1, 2], progress=True):
+            assert_type(value, int)
+        await server.aclose()
