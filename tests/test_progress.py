@@ -457,3 +457,22 @@ async def test_the_demo_bar_follows_a_pool_and_leaves_a_summary() -> None:
     assert "a line 42\n" in text
     assert text.endswith("\n") and "demo-bar: 4/4 done in" in text.splitlines()[-1]
     assert text.splitlines()[-1].endswith(", 1 failed")
+
+
+@pytest.mark.asyncio
+async def test_map_never_asks_a_lazy_input_for_its_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Declines:
+        def __iter__(self) -> Iterator[int]:
+            return iter([1, 2])
+
+        def __len__(self) -> int:
+            raise TypeError("I do not count")
+
+    async with FunctionPool(1, worker="inline") as pool:
+        huge = pool.map(f.square, range(10**20))  # len() would overflow
+        assert await anext(huge) == 0
+        await huge.aclose()
+        assert [v async for v in pool.map(f.square, Declines())] == [1, 4]
+        assert [v async for v in pool.map(f.square, Declines(), progress=True)] == [1, 4]
+        monkeypatch.setattr(sys, "stderr", None)  # no console at all (pythonw, some services)
+        assert [v async for v in pool.map(f.square, [3], progress=True)] == [9]

@@ -478,3 +478,19 @@ def test_everything_is_shown_without_limits_and_server_text_is_cleaned() -> None
 def test_odd_or_missing_fields_do_not_break_the_frame() -> None:
     for status in ({"counts": {}}, {"counts": {}, "workers": "junk", "rates": [], "run_seconds": {"p50": "x"}}):
         assert render(status, width=80, height=24)[0][0] == "head"
+
+
+def test_odd_or_hostile_fields_never_break_the_frame() -> None:
+    from taskpool._topview import render
+
+    odd = {
+        "workers": 5,
+        "failures": "x",
+        "time": 1e20,
+        "run_seconds": {"count": "\x1b[2J\x1b]0;owned\x07"},
+        "failures_": [{"finished_at": 1e300}],
+    }
+    lines = render(odd, width=80, height=24)
+    assert lines and all("\x1b" not in text and "\x07" not in text for _, text in lines)
+    lines = render({"failures": [{"id": 1, "finished_at": 1e300, "error": "E"}]}, width=80, height=24)
+    assert any("#1" in text for _, text in lines)

@@ -209,7 +209,7 @@ async def test_events_stream_status_worker_and_failure_events() -> None:
             bad = pool.add_task(fail, "nope", meta="m")
             event_id, _, failed = await sse.until("task.failed")
             assert failed["task_id"] == bad.id and "nope" in failed["error"] and failed["kind"] == "task"
-            assert event_id is not None and int(event_id) > 0
+            assert event_id is not None and re.fullmatch(r"[0-9a-f]+-[1-9][0-9]*", event_id)
             with pytest.raises(ValueError, match="nope"):
                 await bad
             # a worker crash: worker.exited/restarted events, then the status shows the restart
@@ -236,10 +236,11 @@ async def test_events_ids_increase_and_resume_with_last_event_id() -> None:
                 for want in ("demo.a", "demo.b"):
                     event_id, name, data = await sse.next()
                     assert name == want
-                    ids.append(int(event_id or 0))
-            assert ids[0] < ids[1]
+                    ids.append(event_id or "")
+            epoch, _, first = ids[0].partition("-")
+            assert ids[1].startswith(epoch + "-") and int(first) < int(ids[1].partition("-")[2])
             pool.events.publish("demo.c", 3)  # while nobody listens: kept by the feed
-            headers = {"Last-Event-ID": str(ids[0])}
+            headers = {"Last-Event-ID": ids[0]}
             async with client.stream("GET", "/events", params={"topics": "demo.*"}, headers=headers) as r:
                 sse = SSE(r)
                 got = [(await sse.next())[1] for _ in range(2)]
@@ -254,10 +255,11 @@ async def test_events_reset_when_resume_point_is_gone() -> None:
             async with client.stream("GET", "/events", params={"topics": "x.*"}) as r:
                 sse = SSE(r)
                 pool.events.publish("x.1")
-                await sse.next()
+                first_id, _, _ = await sse.next()
             for i in range(2100):  # more than the feed keeps
                 pool.events.publish("x.more", i)
-            async with client.stream("GET", "/events", params={"topics": "x.*"}, headers={"Last-Event-ID": "1"}) as r:
+            headers = {"Last-Event-ID": first_id or ""}
+            async with client.stream("GET", "/events", params={"topics": "x.*"}, headers=headers) as r:
                 sse = SSE(r)
                 assert (await sse.next())[1] == "reset"
 
@@ -467,7 +469,7 @@ async def test_recorder_catches_up_by_itself() -> None:
 
 SERVICE = textwrap.dedent(
     """
-    import contextlib, sys
+    import contextlib, os, sys
     from starlette.applications import Starlette
     from starlette.routing import Mount
     import taskpool, taskpool.web
@@ -479,14 +481,26 @@ SERVICE = textwrap.dedent(
         async with pool:
             yield
 
-    app = Starlette(routes=[Mount("/taskpool", taskpool.web.status_app(pool))], lifespan=lifespan)
+    middleware = []
+    if os.environ.get("WITH_MIDDLEWARE"):  # runs the app in a task of its own
+        from starlette.middleware import Middleware
+        from starlette.middleware.base import BaseHTTPMiddleware
+
+        async def passthrough(request, call_next):
+            return await call_next(request)
+
+        middleware = [Middleware(BaseHTTPMiddleware, dispatch=passthrough)]
+    app = Starlette(
+        routes=[Mount("/taskpool", taskpool.web.status_app(pool))], lifespan=lifespan, middleware=middleware
+    )
     """
 )
 
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
-async def test_uvicorn_shutdown_is_not_held_by_an_open_stream(tmp_path: Any) -> None:
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_uvicorn_shutdown_is_not_held_by_an_open_stream(tmp_path: Any, middleware: bool) -> None:
     pytest.importorskip("starlette")
     (tmp_path / "svc.py").write_text(SERVICE)
     proc = subprocess.Popen(
@@ -494,7 +508,7 @@ async def test_uvicorn_shutdown_is_not_held_by_an_open_stream(tmp_path: Any) -> 
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env={**os.environ, "PYTHONPATH": str(tmp_path), **({"WITH_MIDDLEWARE": "1"} if middleware else {})},
     )
     try:
         url = await asyncio.to_thread(_uvicorn_url, proc)
@@ -574,9 +588,115 @@ MISSING_EXTRA = textwrap.dedent(
 
 
 def test_a_missing_extra_is_named() -> None:
-    out = subprocess.run([sys.executable, "-c", MISSING_EXTRA], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", MISSING_EXTRA], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("serve:") and "pip install 'taskpool[web]'" in lines[0]
     assert lines[1].startswith("metrics:") and "pip install 'taskpool[web]'" in lines[1]
+
+
+# --- resumption edge cases, and what the review found ---------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("last", ["feedface-5", "not-an-id", "{epoch}-999999"])
+async def test_a_foreign_or_future_last_event_id_gets_one_reset(last: str) -> None:
+    async with FunctionPool(1, worker="inline") as pool:
+        server, client = await served(pool)
+        async with client:
+            headers = {"Last-Event-ID": last.format(epoch=server.app._hub.epoch)}
+            async with client.stream("GET", "/events", params={"topics": "y.*"}, headers=headers) as r:
+                sse = SSE(r)
+                assert (await sse.next())[1] == "reset"
+                pool.events.publish("y.next", 1)
+                assert (await sse.next())[1] == "y.next"  # straight on: no flood of resets
+
+
+@pytest.mark.asyncio
+async def test_resuming_a_dropped_feed_gets_one_reset_and_goes_on() -> None:
+    import taskpool.web._sse as sse_module
+
+    async with FunctionPool(1, worker="inline") as pool:
+        server, client = await served(pool)
+        hub = server.app._hub
+        async with client:
+            async with client.stream("GET", "/events", params={"topics": "z.*"}) as r:
+                sse = SSE(r)
+                pool.events.publish("z.1")
+                seen, _, _ = await sse.next()
+            async with asyncio.timeout(WAIT):  # the stream's end reaches the app
+                while server.app.streams:
+                    await asyncio.sleep(0.01)
+            for feed in hub.feeds.values():  # nobody listened for longer than LINGER
+                feed.idle_since = time.monotonic() - sse_module.LINGER - 1
+            hub.tick()
+            assert not hub.feeds
+            pool.events.publish("z.lost")  # nobody follows z.* now: this one is gone
+            async with client.stream("GET", "/events", params={"topics": "z.*"}, headers={"Last-Event-ID": seen}) as r:
+                sse = SSE(r)
+                assert (await sse.next())[1] == "reset"
+                pool.events.publish("z.2")
+                assert (await sse.next())[1] == "z.2"
+
+
+@pytest.mark.asyncio
+async def test_events_after_close_end_at_once_and_make_no_feed() -> None:
+    async with FunctionPool(1, worker="inline") as pool:
+        server, client = await served(pool)
+        server.app.close()
+        async with client:
+            for _ in range(5):
+                async with client.stream("GET", "/events", params={"topics": f"t{_}.*"}) as r:
+                    assert await SSE(r).names_until_end() == ["end"]
+            head = await client.head("/events")
+            assert head.status_code == 200 and head.content == b""
+        assert not server.app._hub.feeds and pool.events.hot == frozenset()
+
+
+def test_a_topic_cannot_forge_lines_in_the_stream() -> None:
+    from taskpool.web._sse import frame
+
+    out = frame("e-1", 'pool.x\n\nevent: status\ndata: {"forged": 1}', b"{}")
+    assert out.count(b"\n\n") == 1 and out.startswith(b"id: e-1\nevent: pool.x  event: status data:")
+
+
+@pytest.mark.asyncio
+async def test_oldest_age_drops_settled_tasks_from_the_queue_head() -> None:
+    async with FunctionPool(1, worker="thread") as pool, Gate() as gate:
+        app = status_app(pool)
+        held = pool.add_task(block_gate, gate.path, "held")
+        await gate.arrived("held")
+        gone = [pool.add_task(square, i) for i in range(1000)]
+        for t in gone:
+            t.cancel()
+        waiting = pool.add_task(square, 7)
+        rec = app._reporter.recorder
+        assert len(pool._core.sched.queue) == 1001
+        assert rec.oldest_queued_age(time.time()) >= 0.0
+        assert len(pool._core.sched.queue) == 1  # the cancelled heads were dropped on the way
+        gate.open()
+        await asyncio.gather(held, waiting)
+
+
+@pytest.mark.asyncio
+async def test_tasks_pages_from_active_into_a_long_queue() -> None:
+    async with FunctionPool(1, worker="thread") as pool, Gate() as gate:
+        server, client = await served(pool)
+        async with client:
+            held = pool.add_task(block_gate, gate.path, "held")
+            await gate.arrived("held")
+            queued = [pool.add_task(square, i) for i in range(30)]
+            seen, after = [], None
+            while True:
+                params: dict[str, Any] = {"state": "remaining", "limit": 7}
+                if after is not None:
+                    params["after"] = after
+                page = (await client.get("/tasks", params=params)).json()
+                seen += [t["id"] for t in page["tasks"]]
+                after = page["next"]
+                if after is None:
+                    break
+            assert seen == [held.id, *(t.id for t in queued)]
+            gate.open()
+            await asyncio.gather(held, *queued)

@@ -148,7 +148,9 @@ class EventBus:
         #: Which of :data:`HOT_TOPICS` some subscription matches (kept up to date on every change).
         self.hot: frozenset[str] = frozenset()
         self._routes: dict[str, tuple[weakref.ref[Subscription], ...]] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a collection while we hold it (any allocation can start one) may drop
+        # a subscription nobody closed, and its weakref callback (_forget) takes it too.
+        self._lock = threading.RLock()
         self._closed = False
         self._default_maxsize = default_maxsize
         self._source = source

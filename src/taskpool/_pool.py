@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, overload
@@ -350,13 +351,13 @@ class FunctionPool:
             size = chunksize
         if not isinstance(progress, (bool, Progress)):
             raise TypeError(f"progress must be a bool or a Progress, got {type(progress).__name__}")
-        known = len(iterable) if isinstance(iterable, Sized) else None
+        known = _length(iterable) if progress is not False else None
         bar: Progress | None = None
         if isinstance(progress, Progress):
             bar = progress
             if known is not None:
                 bar.total = (bar.total or 0) + known
-        elif progress:
+        elif progress and sys.stderr is not None:  # (no console at all: nothing to show)
             name = getattr(fn, "__name__", None)
             bar = Progress(known, label=name if isinstance(name, str) else "map")
             if not bar.enabled:
@@ -556,3 +557,17 @@ class FunctionPool:
             f"<FunctionPool {self.name!r} {self.worker_kind}x{self.pool_size} {self.state} "
             f"queued={s.n_queued} active={s.n_active} completed={s.n_completed}>"
         )
+
+
+def _length(iterable: object) -> int | None:
+    """The input's length for a progress bar, if it tells one cheaply; never an error.
+
+    Asked only when progress is shown: a map must not call ``len()`` on an input it reads
+    lazily (``range(10**20)`` has no ``len()``, some objects decline to count).
+    """
+    if not isinstance(iterable, Sized):
+        return None
+    try:
+        return len(iterable)
+    except (TypeError, ValueError, OverflowError):
+        return None

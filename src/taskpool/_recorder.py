@@ -328,7 +328,5 @@ class Recorder:
 
     def oldest_queued_age(self, now: float) -> float:
         """Seconds the oldest task still in the pool's queue has waited (0.0 when none)."""
-        for task in self.sched.queue:  # the head is the oldest; skip taken/settled ones
-            if task._state is TaskState.QUEUED and not task._held:
-                return max(0.0, now - task.queued_at)
-        return 0.0
+        task = self.sched.oldest_queued()  # O(1) but for settled ones it drops on the way
+        return 0.0 if task is None else max(0.0, now - task.queued_at)

@@ -506,6 +506,16 @@ class Scheduler:
             for i, meta, state, worker_id, queued_at, started_at, finished_at, error, dispatched_at in self._done
         ]
 
+    def oldest_queued(self) -> Task[Any] | None:
+        """The task at the head of the queue, dropping settled ones from it (lazy removal)."""
+        queue = self.queue
+        while queue:
+            task = queue[0]
+            if task._state is _QUEUED and not task._held:
+                return task
+            queue.popleft()
+        return None
+
     def queued_tasks(self) -> list[Task[Any]]:
         """Tasks in the pool's queue (not handed to a worker)."""
         return [t for t in self.queue if t._state is _QUEUED and not t._held]

@@ -31,11 +31,11 @@ import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
-from ._topview import SGR, Line, Status, clean, plain, render
+from ._topview import ENTER, LEAVE, Screen, Status, clean, plain, render, terminal
 
 __all__ = ["BadAnswer", "SSEEvent", "SSEParser", "Target", "TopError", "Unauthorized", "fetch_status", "run_top"]
 
@@ -43,8 +43,6 @@ CONNECT_TIMEOUT = 5.0  # seconds for a connect and for a /status answer
 STREAM_TIMEOUT = 45.0  # no byte for this long (three missed 15 s pings): the stream is dead
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0  # reconnect delays: doubled from the first up to the cap
 MAX_LINE = 1 << 20  # an SSE line longer than this is an error, not a reason to eat memory
-ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, hide the cursor
-LEAVE = "\x1b[?25h\x1b[?1049l"  # show the cursor, leave the alternate screen
 ROUTES = ("status", "events", "tasks", "metrics", "healthz")
 
 
@@ -372,49 +370,6 @@ def _end_reason(data: str) -> str:
 # --- the terminal -----------------------------------------------------------------------
 
 
-class _Screen:
-    """Full-screen drawing on a terminal: each frame overwrites the last, line by line."""
-
-    def __init__(self, out: TextIO, colour: bool) -> None:
-        self.out = out
-        self.colour = colour
-
-    def draw(self, lines: list[Line], height: int) -> None:
-        buf = []
-        for row, (style, text) in enumerate(lines[:height], 1):
-            sgr = SGR.get(style) if self.colour else None
-            # Erase first, then write: an erase after a full-width line would eat its last column.
-            buf.append(f"\x1b[{row};1H\x1b[2K" + (f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text))
-        buf.append(f"\x1b[{len(lines) + 1};1H\x1b[J" if len(lines) < height else "")
-        self.out.write("".join(buf))
-        self.out.flush()
-
-
-@contextlib.contextmanager
-def _terminal(out: TextIO, key_fd: int | None) -> Iterator[None]:
-    """Alternate screen, hidden cursor and (when ``key_fd``) cbreak input, restored however the block ends."""
-    saved = None
-    if key_fd is not None:
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(key_fd)
-        tty.setcbreak(key_fd)  # keys arrive one by one, unechoed; Ctrl-C still raises SIGINT
-    try:
-        out.write(ENTER + "\x1b[2J")
-        out.flush()
-        yield
-    finally:
-        try:
-            out.write("\x1b[0m" + LEAVE)
-            out.flush()
-        finally:
-            if saved is not None and key_fd is not None:
-                import termios
-
-                termios.tcsetattr(key_fd, termios.TCSADRAIN, saved)
-
-
 class _Terminated(Exception):
     """SIGTERM arrived: leave like Ctrl-C, then exit 143."""
 
@@ -517,21 +472,55 @@ def _watch(target: Target, status: Status, interval: float, out: TextIO) -> int:
         with contextlib.suppress(OSError):
             wake_w.send(b"w")
 
+    redraw = [False]  # set after a Ctrl-Z and fg: the screen was left, draw it all again
+    original = None
+    if key_fd is not None:
+        import termios
+
+        original = termios.tcgetattr(key_fd)
+
+    def on_tstp(signum: int, frame: object) -> None:
+        # Ctrl-Z: give the shell its normal screen and terminal back, stop, and on
+        # `fg` come back as we were (the frame drawn anew).
+        import termios
+
+        ours = termios.tcgetattr(key_fd) if key_fd is not None else None
+        with contextlib.suppress(OSError, ValueError):
+            out.write("\x1b[0m" + LEAVE)
+            out.flush()
+        if key_fd is not None and original is not None:
+            termios.tcsetattr(key_fd, termios.TCSADRAIN, original)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
+        signal.signal(signal.SIGTSTP, on_tstp)
+        if key_fd is not None and ours is not None:
+            termios.tcsetattr(key_fd, termios.TCSADRAIN, ours)
+        with contextlib.suppress(OSError, ValueError):
+            out.write(ENTER + "\x1b[2J")
+            out.flush()
+        redraw[0] = True
+        with contextlib.suppress(OSError):
+            wake_w.send(b"w")
+
     old_handlers = {}
     if tty_out and threading.current_thread() is threading.main_thread():
         if hasattr(signal, "SIGWINCH"):
             old_handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
+        if hasattr(signal, "SIGTSTP"):
+            old_handlers[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, on_tstp)
         old_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _on_sigterm)
     feed = _Feed(target, interval, post)
     link, ended = "connecting", ""
     on_screen: object = None  # the frame and terminal size drawn last: draw only what changed
-    screen = _Screen(out, colour=not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
+    screen = Screen(out, colour=not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
     lines = _PlainOut(out)
     try:
-        with _terminal(out, key_fd) if tty_out else contextlib.nullcontext():
+        with terminal(out, key_fd) if tty_out else contextlib.nullcontext():
             feed.start()
             while True:
                 if tty_out:
+                    if redraw[0]:
+                        redraw[0], on_screen = False, None
                     size = shutil.get_terminal_size()
                     frame = render(status, width=size.columns - 1, height=size.lines, link=link)
                     if (frame, size) != on_screen:

@@ -1,6 +1,7 @@
 """What ``taskpool top`` draws: one status from the status app (``GET /status``) as lines of text.
 
-Pure functions, no I/O: :func:`render` fits a frame to a terminal's width and height (or to
+Pure functions, no I/O, except the terminal's own handling at the end (:class:`Screen`,
+:func:`terminal`): :func:`render` fits a frame to a terminal's width and height (or to
 neither, for plain output), and tolerates missing or odd fields, since the server may be another
 taskpool version. Every value from the server is cleaned of control characters before it can
 reach a terminal.
@@ -8,11 +9,16 @@ reach a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
-__all__ = ["SGR", "Line", "Status", "clean", "plain", "render"]
+__all__ = ["ENTER", "LEAVE", "SGR", "Line", "Screen", "Status", "clean", "plain", "render", "terminal"]
+
+ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, hide the cursor
+LEAVE = "\x1b[?25h\x1b[?1049l"  # show the cursor, leave the alternate screen
 
 Status = dict[str, Any]
 Line = tuple[str, str]  # (style, text): style names a colour in SGR, "" for none
@@ -47,7 +53,12 @@ def _dur(value: Any) -> str:
 
 def _clock(value: Any) -> str:
     v = _num(value)
-    return "-" if v is None else time.strftime("%H:%M:%S", time.localtime(v))
+    if v is None:
+        return "-"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(v))
+    except (OverflowError, OSError, ValueError):  # a time no clock shows
+        return "-"
 
 
 def _pct(value: Any) -> str:
@@ -68,7 +79,8 @@ def _wrap(label: str, items: list[str], width: int | None) -> list[str]:
 
 def _timing(label: str, hist: Any) -> str:
     h = hist if isinstance(hist, dict) else {}
-    return f"{label} p50 {_dur(h.get('p50'))} p90 {_dur(h.get('p90'))} p99 {_dur(h.get('p99'))} (n={h.get('count', 0)})"
+    n = clean(h.get("count", 0), 12)
+    return f"{label} p50 {_dur(h.get('p50'))} p90 {_dur(h.get('p90'))} p99 {_dur(h.get('p99'))} (n={n})"
 
 
 def _worker_row(w: dict[str, Any]) -> Line:
@@ -88,6 +100,10 @@ def _worker_row(w: dict[str, Any]) -> Line:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _bar(util: float | None) -> str:
@@ -142,14 +158,14 @@ def render(status: Status, *, width: int | None = None, height: int | None = Non
     for label, items in sections.items():
         top += [("", line) for line in _wrap(label, items, width)]
 
-    workers = [w for w in s.get("workers") or [] if isinstance(w, dict)]
+    workers = [w for w in _list(s.get("workers")) if isinstance(w, dict)]
     failures = [
         (
             "fail",
             f"  #{clean(f.get('id'), 10):<6} {_clock(f.get('finished_at'))}  w{clean(f.get('worker_id'), 6):<3} "
             f"{clean(f.get('meta'))}  {clean(f.get('error'), 300)}",
         )
-        for f in s.get("failures") or []
+        for f in _list(s.get("failures"))
         if isinstance(f, dict)
     ]
     shown = workers
@@ -172,3 +188,49 @@ def render(status: Status, *, width: int | None = None, height: int | None = Non
 def plain(lines: list[Line]) -> str:
     """A frame as plain text (no escape sequences), one line each."""
     return "".join(text.rstrip() + "\n" for _, text in lines)
+
+
+# --- the terminal -------------------------------------------------------------------------
+
+
+class Screen:
+    """Full-screen drawing on a terminal: each frame overwrites the last, line by line."""
+
+    def __init__(self, out: TextIO, colour: bool) -> None:
+        self.out = out
+        self.colour = colour
+
+    def draw(self, lines: list[Line], height: int) -> None:
+        buf = []
+        for row, (style, text) in enumerate(lines[:height], 1):
+            sgr = SGR.get(style) if self.colour else None
+            # Erase first, then write: an erase after a full-width line would eat its last column.
+            buf.append(f"\x1b[{row};1H\x1b[2K" + (f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text))
+        buf.append(f"\x1b[{len(lines) + 1};1H\x1b[J" if len(lines) < height else "")
+        self.out.write("".join(buf))
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def terminal(out: TextIO, key_fd: int | None) -> Iterator[None]:
+    """Alternate screen, hidden cursor and (when ``key_fd``) cbreak input, restored however the block ends."""
+    saved = None
+    if key_fd is not None:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(key_fd)
+        tty.setcbreak(key_fd)  # keys arrive one by one, unechoed; Ctrl-C still raises SIGINT
+    try:
+        out.write(ENTER + "\x1b[2J")
+        out.flush()
+        yield
+    finally:
+        try:
+            out.write("\x1b[0m" + LEAVE)
+            out.flush()
+        finally:
+            if saved is not None and key_fd is not None:
+                import termios
+
+                termios.tcsetattr(key_fd, termios.TCSADRAIN, saved)

@@ -52,6 +52,11 @@ _COMMON = [
     (b"referrer-policy", b"no-referrer"),  # the page's URL may carry the token
     (b"cache-control", b"no-store"),
 ]
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"x-accel-buffering", b"no"),  # proxies: do not buffer the stream
+    *_COMMON,
+]
 #: Every app alive, so a server shutting down can end their streams (see _server).
 _APPS: weakref.WeakSet[StatusApp] = weakref.WeakSet()
 
@@ -94,7 +99,8 @@ class StatusApp:
         self._closed = False
         self._ended: asyncio.Future[None] | None = None  # resolved when streams must end
         self._ticker: asyncio.Task[None] | None = None
-        self._streams: dict[asyncio.Future[None], asyncio.Task[Any] | None] = {}  # stop -> serving task
+        # stop -> (the task serving it, the listening socket it came in on: see end_streams_in)
+        self._streams: dict[asyncio.Future[None], tuple[asyncio.Task[Any] | None, object]] = {}
         self._page: bytes | None = None
         _APPS.add(self)
 
@@ -105,13 +111,18 @@ class StatusApp:
         """How many ``/events`` streams are open."""
         return len(self._streams)
 
-    def end_streams_in(self, tasks: Any = None) -> None:
-        """End the open event streams served by one of ``tasks`` (a server's request tasks).
+    def end_streams_in(self, tasks: Any = None, listening: Any = None) -> None:
+        """End the open event streams a shutting-down server serves (all, with no arguments).
 
-        ``None`` ends them all. Used before a server's graceful shutdown (see ``_server``).
+        A stream is that server's when it came in on one of its ``listening`` sockets
+        (ports or Unix paths), or is served by one of its request ``tasks`` (middleware
+        may run the app in a task of its own, so the socket is the surer sign). Used
+        before a server's graceful shutdown (see ``_server``).
         """
-        for stop, task in list(self._streams.items()):
-            if (tasks is None or task in tasks) and not stop.done():
+        everything = tasks is None and listening is None
+        for stop, (task, key) in list(self._streams.items()):
+            mine = everything or (listening is not None and key in listening) or (tasks is not None and task in tasks)
+            if mine and not stop.done():
                 stop.set_result(None)
 
     def close(self) -> None:
@@ -229,7 +240,7 @@ class StatusApp:
         elif path == "/tasks":
             await self._tasks(send, query)
         elif path == "/events":
-            await self._events(receive, send, query, headers)
+            await self._events(receive, send, query, headers, scope["method"], scope.get("server"))
         elif path == "/metrics":
             await self._metrics(send)
         else:
@@ -292,41 +303,46 @@ class StatusApp:
             return
         await _respond(send, 200, render(self.pool), content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
-    async def _events(self, receive: Receive, send: Send, query: dict[str, list[str]], headers: dict[str, str]) -> None:
+    async def _events(
+        self,
+        receive: Receive,
+        send: Send,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        method: str,
+        server: Any,
+    ) -> None:
         topics = [t.strip() for part in query.get("topics", []) for t in part.split(",") if t.strip()]
         patterns = tuple(topics) or DEFAULT_TOPICS
-        last_s = headers.get("last-event-id") or (query.get("lastEventId") or [""])[0]
-        try:
-            last = int(last_s) if last_s else None
-        except ValueError:
-            last = None
+        last = self._hub.parse_id(headers.get("last-event-id") or (query.get("lastEventId") or [""])[0])
+        if self._closed or method == "HEAD":  # closed: no feed for it (nothing would expire it)
+            body = b"" if method == "HEAD" else b"retry: 2000\n\n" + frame(None, "end", b"{}")
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+            await send({"type": "http.response.body", "body": body})
+            return
         ended = self._ended_future()
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[None] = loop.create_future()
-        self._streams[stop] = asyncio.current_task()
+        self._streams[stop] = (asyncio.current_task(), _server_key(server))
         feed = self._hub.acquire(patterns)
         self._ensure_ticker()
         gone = loop.create_task(_wait_disconnect(receive))
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"x-accel-buffering", b"no"),  # proxies: do not buffer the stream
-                        *_COMMON,
-                    ],
-                }
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
             hello = [b"retry: 2000\n\n"]
+            # Where this client starts: now, or after the event it last saw. Never before
+            # the feed's own start: what came earlier is not kept (a reset says so).
+            floor = max(feed.evicted, feed.first_id - 1)
             if last is None:
                 cursor = self._hub.last_id
+            elif last < 0 or last > self._hub.last_id:  # not this app's id: a restart, another process
+                hello.append(frame(None, "reset", b'{"reason": "events were missed; read /status"}'))
+                cursor = self._hub.last_id
+            elif last < floor:  # older than what the feed keeps
+                hello.append(frame(None, "reset", b'{"reason": "events were missed; read /status"}'))
+                cursor = floor
             else:
-                missed, _, _ = feed.since(last)
                 cursor = last
-                if missed:
-                    hello.append(frame(None, "reset", b'{"reason": "events were missed; read /status"}'))
             if feed.wants_status:  # the current status first, so a client never starts blank
                 _, data = self._reporter.current()
                 hello.append(frame(None, "status", data))
@@ -335,10 +351,10 @@ class StatusApp:
                 missed, frames, new_cursor = feed.since(cursor)
                 if missed:
                     frames.insert(0, frame(None, "reset", b'{"reason": "fell behind; events were dropped"}'))
-                    cursor = max(cursor, feed.evicted)
                 if frames:
-                    cursor = new_cursor
+                    cursor = max(new_cursor, feed.evicted, feed.first_id - 1)
                     await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+                    await asyncio.sleep(0)  # a fast feed never starves the pool's loop
                     continue
                 if ended.done() or gone.done() or stop.done():
                     break
@@ -356,6 +372,13 @@ class StatusApp:
             del self._streams[stop]
             gone.cancel()
             self._hub.release(feed)
+
+
+def _server_key(server: Any) -> object:
+    """What identifies the listening socket a request came in on: its port (TCP) or path (Unix)."""
+    if isinstance(server, (tuple, list)) and len(server) == 2:
+        return server[1] if server[1] is not None else server[0]
+    return None
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -25,7 +25,6 @@ from .._types import PoolState, TaskRecord, TaskState
 
 if TYPE_CHECKING:
     from .._core import PoolCore
-    from .._task import Task
 
 __all__ = ["PoolLike", "Reporter", "attach_recorder", "task_page"]
 
@@ -118,36 +117,37 @@ class Reporter:
         return (200 if ok else 503), _encode({"ok": ok, "state": str(state)})
 
 
-def _records(core: PoolCore, field: str) -> Iterator[TaskRecord]:
-    """The records behind a status field, oldest first, built one at a time."""
+def _records(core: PoolCore, field: str) -> tuple[list[TaskRecord], Iterator[TaskRecord]]:
+    """The records behind a status field, oldest first: ``(bounded part, queued part)``.
+
+    The bounded part (kept records, tasks held by workers) is a list; the queued part,
+    which may hold millions, is built one record at a time, in queue (= id) order.
+    """
     sched = core.sched
     core.sync_starts()
+    nothing: Iterator[TaskRecord] = iter(())
 
     def queued() -> Iterator[TaskRecord]:
         return (t.record for t in sched.queue if t._state is TaskState.QUEUED and not t._held)
 
-    def active() -> Iterator[TaskRecord]:
-        return (t.record for t in _held(core) if not t.done())
+    def active() -> list[TaskRecord]:
+        return [t.record for s in sched.slots for t in s.inflight if not t.done()]
 
     if field in _FINAL:
         done = sched.records
         if field == "completed":
-            return iter(done)
+            return done, nothing
         state = TaskState(field)
-        return (r for r in done if r.state is state)
+        return [r for r in done if r.state is state], nothing
     if field == "queued":
-        return queued()
+        return [], queued()
     if field == "active":
-        return active()
+        return active(), nothing
     if field == "remaining":
-        return itertools.chain(active(), queued())
+        return active(), queued()
     if field == "started":
-        return (r for r in itertools.chain(sched.records, active()) if r.started_at is not None)
-    return itertools.chain(sched.records, active(), queued())  # total
-
-
-def _held(core: PoolCore) -> list[Task[Any]]:
-    return [t for s in core.sched.slots for t in s.inflight]
+        return [r for r in [*sched.records, *active()] if r.started_at is not None], nothing
+    return [*sched.records, *active()], queued()  # total
 
 
 def task_page(core: PoolCore, field: str, limit: int, after: int | None) -> bytes:
@@ -162,14 +162,16 @@ def task_page(core: PoolCore, field: str, limit: int, after: int | None) -> byte
         raise ValueError(f"unknown state {field!r}; accepted: {', '.join(FIELDS)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be 1..{MAX_LIMIT}, got {limit}")
-    records = _records(core, field)
-    if after is not None:
-        if field == "queued":  # ids grow along the queue: no need to list a long queue
-            records = (r for r in records if r.id > after)
-        else:  # bounded lists (kept records, held tasks): continue after that record
-            listed = list(records)
-            at = next((i for i, r in enumerate(listed) if r.id == after), None)
-            records = iter(listed[at + 1 :] if at is not None else [r for r in listed if r.id > after])
+    bounded, queued = _records(core, field)
+    records: Iterator[TaskRecord]
+    if after is None:
+        records = itertools.chain(bounded, queued)
+    else:
+        at = next((i for i, r in enumerate(bounded) if r.id == after), None)
+        if at is not None:  # continue after that record, then the whole queue
+            records = itertools.chain(bounded[at + 1 :], queued)
+        else:  # it is queued (ids grow along the queue), or it moved on: go by id
+            records = itertools.chain((r for r in bounded if r.id > after), (r for r in queued if r.id > after))
     page = list(itertools.islice(records, limit + 1))
     more = len(page) > limit
     page = page[:limit]

@@ -188,8 +188,13 @@ def patch_uvicorn() -> None:
     @functools.wraps(original)
     async def shutdown(self: Any, sockets: list[socket.socket] | None = None) -> None:
         tasks = getattr(getattr(self, "server_state", None), "tasks", None)
+        listening: set[object] = set()
+        for srv in getattr(self, "servers", None) or ():
+            for sock in getattr(srv, "sockets", None) or ():
+                name = sock.getsockname()
+                listening.add(name[1] if isinstance(name, tuple) else name)  # port, or a Unix path
         for app in list(_APPS):
-            app.end_streams_in(tasks)
+            app.end_streams_in(tasks, listening)
         await original(self, sockets)
 
     shutdown._taskpool = True  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fnmatch
+import secrets
 import time
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,14 @@ LINGER = 30.0
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
 
 
-def frame(event_id: int | None, name: str, data: bytes) -> bytes:
-    """One SSE message (``data`` is JSON: one line, no newline inside)."""
+def frame(event_id: str | None, name: str, data: bytes) -> bytes:
+    """One SSE message (``data`` is JSON: one line, no newline inside).
+
+    A topic may hold any character (``publish`` takes any string): line breaks in it
+    would start lines of their own in the stream, so they become spaces.
+    """
+    if "\n" in name or "\r" in name:
+        name = name.replace("\r", " ").replace("\n", " ")
     head = f"id: {event_id}\nevent: {name}\n" if event_id is not None else f"event: {name}\n"
     return head.encode() + b"data: " + data + b"\n\n"
 
@@ -61,7 +68,9 @@ class Feed:
         bus_patterns = tuple(p for p in patterns if p != "status")
         self.ring: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=RING)
         self.evicted = 0  # id of the newest event pushed out of the ring
-        self.first_id = hub.last_id + 1
+        # An id of its own, never sent: a client that saw events of an earlier feed for
+        # these topics (dropped while nobody listened) is told it missed what came between.
+        self.first_id = hub.next_id() + 1
         self.clients = 0
         self.idle_since: float | None = None
         self._changed: asyncio.Future[None] | None = None
@@ -85,7 +94,7 @@ class Feed:
         ring = self.ring
         if len(ring) == ring.maxlen:
             self.evicted = max(self.evicted, ring[0][0])
-        ring.append((event_id, frame(event_id, name, data)))
+        ring.append((event_id, frame(self.hub.format_id(event_id), name, data)))
         self.wake()
 
     def wake(self) -> None:
@@ -125,12 +134,28 @@ class Hub:
         self.status = status
         self.feeds: dict[tuple[str, ...], Feed] = {}
         self.last_id = 0
+        # Ids are "<epoch>-<n>": a Last-Event-ID from another app (a restarted service,
+        # another worker process behind the same URL) is known for what it is.
+        self.epoch = secrets.token_hex(4)
         self._status_seq = -1
 
     def next_id(self) -> int:
         """The next event id (one counter for every feed of the app)."""
         self.last_id += 1
         return self.last_id
+
+    def format_id(self, n: int) -> str:
+        """Event ``n``'s id as sent: ``<epoch>-<n>``."""
+        return f"{self.epoch}-{n}"
+
+    def parse_id(self, text: str) -> int | None:
+        """A client's ``Last-Event-ID``: its number, ``None`` when absent, -1 when not this app's."""
+        if not text:
+            return None
+        epoch, _, n = text.partition("-")
+        if epoch != self.epoch or not n.isdigit():
+            return -1
+        return int(n)
 
     def acquire(self, patterns: tuple[str, ...]) -> Feed:
         """The feed for ``patterns`` (made if needed), counted as used by one more client."""
