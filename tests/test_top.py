@@ -494,3 +494,28 @@ def test_odd_or_hostile_fields_never_break_the_frame() -> None:
     assert lines and all("\x1b" not in text and "\x07" not in text for _, text in lines)
     lines = render({"failures": [{"id": 1, "finished_at": 1e300, "error": "E"}]}, width=80, height=24)
     assert any("#1" in text for _, text in lines)
+
+
+@pytest.mark.asyncio
+async def test_ctrl_z_gives_the_terminal_back_and_fg_draws_again() -> None:
+    import psutil
+
+    async with served("topstop") as (pool, server), on_pty(server.url, f"--token={server.token}") as term:
+        await term.out.wait_for(r"topstop +thread")
+        child = psutil.Process(term.proc.pid)
+        mark = term.out.mark()
+        term.proc.send_signal(signal.SIGTSTP)  # what Ctrl-Z sends
+        async with asyncio.timeout(WAIT):  # it leaves the screen, restores the terminal, then stops
+            while child.status() != psutil.STATUS_STOPPED:
+                await asyncio.sleep(0.01)
+        assert bytes(term.out.raw[mark:]).endswith(LEAVE.encode())
+        assert termios.tcgetattr(term.slave) == term.before
+        mark = term.out.mark()
+        term.proc.send_signal(signal.SIGCONT)  # `fg`
+        await term.out.wait_for(r"topstop +thread", since=mark)  # the whole frame again, unchanged status
+        assert ENTER.encode() in bytes(term.out.raw[mark:])
+        cbreak = termios.tcgetattr(term.slave)
+        assert not cbreak[3] & termios.ICANON  # keys read one by one again
+        os.write(term.master, b"q")
+        assert await term.exit_code() == 0
+        assert bytes(term.out.raw).endswith(LEAVE.encode())
