@@ -91,6 +91,11 @@ class ControlBlock:
         started, at, running = _BEGUN.unpack_from(self._mm, 8)
         return started, at, running
 
+    def returned(self, number: int) -> bool:
+        """Whether sync call ``number`` has begun and returned (another runs, or none)."""
+        started, _, running = _BEGUN.unpack_from(self._mm, 8)
+        return bool(0 < number <= started and running != number)
+
     def journal(self) -> bytes:
         """The answers the worker had not written yet (frames, back to back); read once it
         is dead. A frame it was still copying is not counted in yet."""

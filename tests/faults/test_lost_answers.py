@@ -65,3 +65,29 @@ async def test_answers_unread_when_a_write_to_the_dead_worker_fails_are_read() -
             assert await late == 14  # handed back unstarted, run on the replacement
     assert outcomes == [2 * i for i in range(1, 6)]
     assert isinstance(crashed, WorkerCrashed)
+
+
+async def test_cancelling_a_call_that_has_returned_spares_the_call_running_after_it() -> None:
+    # X's start was reported (it has a timeout), X returned, and its answer is still on
+    # its way (the pool reads nothing for now) while Y runs. Cancelling X must not kill
+    # the worker: that would fail Y, which nobody cancelled (the soak found it).
+    from taskpool.testing import Gate, block_gate
+
+    async with FunctionPool(1, worker="process") as pool, Gate() as gate:
+        assert await pool.add_task(x.soak_sync, "ok", 0) == 0
+        worker = process_worker(pool, 0)
+        pid = worker.pid
+        xt = pool.add_task(block_gate, gate.path, "x", timeout=30)  # a timeout: its start is reported
+        await gate.arrived("x")
+        await poll_until(lambda: xt.started_at is not None, "X's Started frame to be read")
+        worker._channel.transport.pause_reading()  # from now on X's answer stays in the socket
+        y = pool.add_task(block_gate, gate.path, "y")
+        gate.release("x")
+        await gate.arrived("y")  # X returned, Y runs
+        assert xt.cancel() is True  # X settles as cancelled; its answer is dropped when it comes
+        worker._channel.transport.resume_reading()
+        gate.release("y")
+        async with asyncio.timeout(WAIT):
+            assert await y == "y"
+        snap = pool.snapshot().workers[0]
+        assert snap.pid == pid and snap.restarts == 0  # never replaced

@@ -477,19 +477,21 @@ class ProcessWorker(ProcessCalls):
         began = running
         block = self._control
         if not running and block is not None and call_id not in self._loading:
-            # Its start may not have been reported: the control block tells. (A call
-            # reported started is stopped as running even if it has just returned: its
-            # answer may never come, say from a worker that broke its channel.)
+            # Its start may not have been reported: the control block tells. (One whose
+            # start was reported is handled below: its answer may never come, say from a
+            # worker that broke its channel, so it gets the grace, not trust.)
             begun, _, now = block.begun()
             n = self._numbers.get(call_id, 0)
             began = n <= begun
             running = began and (not sync or now == n)
             if began and not running:
                 return CancelResult.STOPPING  # it has returned: its answer is on the way
-        if running and sync:
-            # A running sync call cannot be interrupted: the worker must go.
-            return CancelResult.UNSTOPPABLE
-        self._write(_wire.Cancel(call_id))
+        if not (running and sync):
+            self._write(_wire.Cancel(call_id))
+        elif block is None or not block.returned(self._numbers.get(call_id, 0)):
+            return CancelResult.UNSTOPPABLE  # a running sync call cannot be interrupted: the worker must go
+        # (Else it returned since its start was reported: a kill now would hit the call
+        # running next. Its answer should be on the way; the grace below bounds the wait.)
         if not self._ended and (began or (sync and block is not None)):
             # Running: it has CANCEL_GRACE to stop. Not begun: the worker may start it
             # before it reads the Cancel; then, still running after the grace, it is stopped.
