@@ -90,6 +90,20 @@ def _dump_on_hang() -> object:
 
 
 @pytest.fixture(autouse=True)
+def _structlog_isolated() -> object:
+    """Each test starts with structlog unconfigured, as an application that has not set it up.
+
+    ``structlog.testing.capture_logs()`` leaves structlog configured when it ends; the
+    tests after it would log through structlog's console renderer (rich tracebacks, some
+    milliseconds each on the loop) instead of taskpool's quiet default.
+    """
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
 def _no_leaks() -> object:
     """Fail a test that leaves threads or child processes behind.
 

@@ -123,7 +123,11 @@ async def on_pty(*args: str, rows: int = 30, cols: int = 120) -> AsyncIterator[T
             loop.remove_reader(master)
             out.feed(b"")
 
-    proc = await asyncio.create_subprocess_exec(*_top(*args), stdin=slave, stdout=slave, stderr=slave, env=_env())
+    # A process group of its own, whose parent (this test) is in another group of the same
+    # session: never an orphaned group, so Ctrl-Z's SIGTSTP stops it however the suite runs.
+    proc = await asyncio.create_subprocess_exec(
+        *_top(*args), stdin=slave, stdout=slave, stderr=slave, env=_env(), process_group=0
+    )
     loop.add_reader(master, readable)
     term = Term(proc, out, master, slave)
     term.before = before
