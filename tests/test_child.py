@@ -972,7 +972,7 @@ async def test_busy_child_dies_with_its_parent() -> None:
 
 
 class FakeTask:
-    """What ProcessWorker uses of a Task: ``id``, ``fn``, ``args`` and ``done()``."""
+    """What ProcessWorker uses of a Task: ``id``, ``fn``, ``args``, ``_trace`` and ``done()``."""
 
     def __init__(self, task_id: int, fn: Callable[..., Any], *args: Any) -> None:
         self.id = task_id
@@ -981,6 +981,7 @@ class FakeTask:
         self.cancelled = False
         self._started_at: float | None = None  # set by FakeHost.task_started, as the pool does
         self.slot: Any = None
+        self._trace: dict[str, str] | None = None  # not traced (taskpool.otel)
 
     def done(self) -> bool:
         return self.cancelled

@@ -401,10 +401,11 @@ def test_importing_taskpool_otel_without_opentelemetry_names_the_extra() -> None
 
 def test_a_worker_process_without_opentelemetry_runs_traced_calls_untraced() -> None:
     out = _run_without_otel(
-        "from taskpool import _child\n"
+        "from taskpool import _context\n"
         "carrier = {'traceparent': '00-' + '1' * 32 + '-' + '2' * 16 + '-01'}\n"
-        "assert _child._trace_attach(carrier) is None\n"
-        "assert _child._otel is False\n"
+        "token = _context.attach_trace(carrier)\n"
+        "assert token is None and _context._otel is False\n"
+        "_context.detach_trace(token)\n"
         "print('ok')\n"
     )
     assert out.returncode == 0, out.stderr

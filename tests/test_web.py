@@ -25,52 +25,20 @@ from taskpool.testing import block_gate
 from taskpool.web import StatusApp, status_app
 
 from ._funcs import crash_worker, fail, square
+from ._sse import SSE
 from ._support import WAIT, Gate
 
 
-class SSE:
-    """A small SSE reader over an httpx stream: yields (id, event, data) tuples."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.lines = response.aiter_lines()
-        self.comments = 0
-
-    async def next(self) -> tuple[str | None, str, str]:
-        event_id, name, data = None, "message", []
-        async with asyncio.timeout(WAIT):
-            async for line in self.lines:
-                if line == "":
-                    if data:
-                        return event_id, name, "\n".join(data)
-                    continue
-                if line.startswith(":"):
-                    self.comments += 1
-                    continue
-                field, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if field == "id":
-                    event_id = value
-                elif field == "event":
-                    name = value
-                elif field == "data":
-                    data.append(value)
-        raise EOFError("stream ended")
-
-    async def names_until_end(self) -> list[str]:
-        names = []
-        while True:
-            names.append((await self.next())[1])
-            if names[-1] == "end":
-                return names
-
-    async def until(self, name: str, pred: Any = None) -> tuple[str | None, str, Any]:
-        while True:
-            event_id, ev, data = await self.next()
-            if ev == name:
-                doc = json.loads(data)
-                if pred is None or pred(doc):
-                    return event_id, ev, doc
+async def all_pages(client: httpx.AsyncClient, state: str, limit: int) -> list[int]:
+    """The ids ``/tasks?state=`` lists, following ``next`` page by page."""
+    seen: list[int] = []
+    params: dict[str, Any] = {"state": state, "limit": limit}
+    while True:
+        page = (await client.get("/tasks", params=params)).json()
+        seen += [t["id"] for t in page["tasks"]]
+        if page["next"] is None:
+            return seen
+        params["after"] = page["next"]
 
 
 async def served(pool: FunctionPool, **kw: Any) -> tuple[taskpool.web.StatusServer, httpx.AsyncClient]:
@@ -160,17 +128,7 @@ async def test_tasks_pages_and_bad_queries() -> None:
         server, client = await served(pool)
         async with client:
             await asyncio.gather(*(pool.add_task(square, i) for i in range(25)))
-            seen: list[int] = []
-            after = None
-            while True:
-                params: dict[str, Any] = {"state": "succeeded", "limit": 10}
-                if after is not None:
-                    params["after"] = after
-                page = (await client.get("/tasks", params=params)).json()
-                seen += [t["id"] for t in page["tasks"]]
-                after = page["next"]
-                if after is None:
-                    break
+            seen = await all_pages(client, "succeeded", 10)
             assert sorted(seen) == list(range(1, 26)) and len(seen) == 25
             record = (await client.get("/tasks", params={"limit": 1})).json()["tasks"][0]
             assert set(record) >= {"id", "meta", "state", "worker_id", "queued_at", "started_at", "finished_at"}
@@ -204,10 +162,11 @@ async def test_events_stream_status_worker_and_failure_events() -> None:
         async with client, client.stream("GET", "/events") as r:
             assert r.headers["content-type"].startswith("text/event-stream")
             sse = SSE(r)
-            _, _, first = await sse.until("status")
+            first = await sse.until("status")
             assert first["name"] == "sse"
             bad = pool.add_task(fail, "nope", meta="m")
-            event_id, _, failed = await sse.until("task.failed")
+            failed = await sse.until("task.failed")
+            event_id = sse.last_id
             assert failed["task_id"] == bad.id and "nope" in failed["error"] and failed["kind"] == "task"
             assert event_id is not None and re.fullmatch(r"[0-9a-f]+-[1-9][0-9]*", event_id)
             with pytest.raises(ValueError, match="nope"):
@@ -216,9 +175,9 @@ async def test_events_stream_status_worker_and_failure_events() -> None:
             crash = pool.add_task(crash_worker)
             with pytest.raises(taskpool.WorkerCrashed):
                 await crash
-            _, _, restarted = await sse.until("worker.restarted")
+            restarted = await sse.until("worker.restarted")
             assert restarted["worker_id"] == 0
-            _, _, doc = await sse.until("status", lambda d: d["restarts"].get("crashed") == 1)
+            doc = await sse.until("status", lambda d: d["restarts"].get("crashed") == 1)
             assert doc["counts"]["failed"] == 2
             await server.aclose()
 
@@ -687,16 +646,7 @@ async def test_tasks_pages_from_active_into_a_long_queue() -> None:
             held = pool.add_task(block_gate, gate.path, "held")
             await gate.arrived("held")
             queued = [pool.add_task(square, i) for i in range(30)]
-            seen, after = [], None
-            while True:
-                params: dict[str, Any] = {"state": "remaining", "limit": 7}
-                if after is not None:
-                    params["after"] = after
-                page = (await client.get("/tasks", params=params)).json()
-                seen += [t["id"] for t in page["tasks"]]
-                after = page["next"]
-                if after is None:
-                    break
+            seen = await all_pages(client, "remaining", 7)
             assert seen == [held.id, *(t.id for t in queued)]
             gate.open()
             await asyncio.gather(held, *queued)

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
+from ._sse import SSE
 from .conftest import KINDS
 
 pytestmark = [
@@ -115,48 +115,6 @@ async def _drain(stream: asyncio.StreamReader, log: list[str]) -> None:
         log.append(line.decode(errors="replace"))
 
 
-class SSE:
-    """Reads ``(id, event, data)`` from an httpx event-stream response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        assert response.status_code == 200, response.status_code
-        assert response.headers["content-type"].startswith("text/event-stream")
-        self.lines = response.aiter_lines()
-
-    async def next(self) -> tuple[str | None, str, Any]:
-        event_id, name, data = None, "message", []
-        async with asyncio.timeout(WAIT):
-            async for line in self.lines:
-                if line == "":
-                    if data:
-                        return event_id, name, json.loads("\n".join(data))
-                    continue
-                key, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if key == "id":
-                    event_id = value
-                elif key == "event":
-                    name = value
-                elif key == "data":
-                    data.append(value)
-        raise EOFError("the stream ended")
-
-    async def until(self, name: str, pred: Callable[[Any], bool] | None = None) -> Any:
-        """The data of the next ``name`` event matching ``pred``."""
-        while True:
-            _, event, data = await self.next()
-            if event == name and (pred is None or pred(data)):
-                return data
-
-    async def rest(self) -> list[str]:
-        """The names of every event up to the end of the stream."""
-        names = []
-        with contextlib.suppress(EOFError):
-            while True:
-                names.append((await self.next())[1])
-        return names
-
-
 def _skip_unless(framework: str) -> str:
     module, app, name = FRAMEWORKS[framework]
     pytest.importorskip(module)
@@ -202,7 +160,7 @@ async def test_status_app_mounted_in(framework: str) -> None:
 
             # SIGTERM with the stream open: the stream ends, the server exits promptly
             rc, took = await server.terminate()
-            assert set(await sse.rest()) <= {"status", "end"}
+            assert set(await sse.names_until_end()) <= {"status", "end"}
         assert rc in (0, -signal.SIGTERM), server.output()
         assert took < SIGTERM_EXIT, (took, server.output())
 
@@ -282,7 +240,7 @@ async def test_service_shutdown_finishes_in_flight_requests_within_grace() -> No
         assert started == {"slow(0.5)", "slow(30)", "job slow(30)"}
 
         rc, took = await server.terminate()
-        assert set(await sse.rest()) <= {"status", "task.succeeded", "task.started", "end"}
+        assert set(await sse.names_until_end()) <= {"status", "task.succeeded", "task.started", "end"}
     answer = await short
     assert answer.status_code == 200 and answer.json()["slept"] == 0.5  # finished after SIGTERM
     cut = await asyncio.gather(long, return_exceptions=True)

@@ -50,7 +50,7 @@ from taskpool._answers import (
     unsendable_messages,
 )
 from taskpool._channel import FrameProtocol
-from taskpool._context import TaskContext, current
+from taskpool._context import TaskContext, attach_trace, current, detach_trace
 from taskpool._control import JOURNAL, ControlBlock
 from taskpool._errors import SerializationError
 from taskpool._frames import NO_LIMIT, FrameWriter, Message, WireError
@@ -371,7 +371,7 @@ class CallServer(FrameProtocol[ToChild]):
             self.shared_context.task_id = cid
         # Traced (taskpool.otel): its submit span's context is current in the call, and in
         # the task a coroutine goes on in (copied below).
-        trace = _trace_attach(msg.trace) if type(msg) is TracedCall else None
+        trace = attach_trace(msg.trace) if type(msg) is TracedCall else None
         try:
             self.in_sync = True
             # Not "inside" the loop while user code runs, so asyncio.run() works in it.
@@ -405,7 +405,7 @@ class CallServer(FrameProtocol[ToChild]):
             else:
                 current.reset(token)
             if trace is not None:
-                _trace_detach(trace)
+                detach_trace(trace)
         end = time.time()
         if block is not None:
             block.end()
@@ -530,28 +530,6 @@ class CallServer(FrameProtocol[ToChild]):
         self.send(msg)
         if self.in_sync:
             self.flush()  # the loop is blocked by the call: write now
-
-
-#: taskpool.otel once a traced call imported it; False when it does not import here.
-_otel: Any = None
-
-
-def _trace_attach(carrier: dict[str, str]) -> object:
-    """Make a traced call's context current; None (nothing to undo) when opentelemetry is
-    not installed in this worker: the call runs as if untraced."""
-    global _otel
-    if _otel is None:
-        try:
-            from taskpool import otel
-        except ImportError:
-            _otel = False
-        else:
-            _otel = otel
-    return _otel.attach(carrier) if _otel else None
-
-
-def _trace_detach(token: object) -> None:
-    _otel.detach(token)
 
 
 def _nothing_unread(timeout: int) -> bool:

@@ -13,7 +13,7 @@ import contextvars
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TaskContext", "current", "publish"]
+__all__ = ["TaskContext", "attach_trace", "current", "detach_trace", "publish"]
 
 
 class TaskContext:
@@ -67,3 +67,28 @@ def publish(topic: str, data: Any = None) -> None:
     ctx = current.get()
     if ctx is not None:
         ctx.send(topic, data, ctx.task_id)
+
+
+#: taskpool.otel once a traced task needed it here; False where it does not import.
+_otel: Any = None
+
+
+def attach_trace(carrier: dict[str, str]) -> object:
+    """Make a traced task's context (its submit span's, ``taskpool.otel``) current, on any
+    worker kind; returns the token for :func:`detach_trace`. None (nothing to undo) where
+    opentelemetry is not installed, say in a worker process: the call runs untraced."""
+    global _otel
+    if _otel is None:
+        try:
+            from taskpool import otel
+        except ImportError:
+            _otel = False
+        else:
+            _otel = otel
+    return _otel.attach(carrier) if _otel else None
+
+
+def detach_trace(token: object) -> None:
+    """Undo :func:`attach_trace` (a None token: nothing to undo)."""
+    if token is not None and _otel:
+        _otel.detach(token)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._context import TaskContext, current
+from .._context import TaskContext, attach_trace, current, detach_trace
 from ._base import CancelResult, Capabilities, Worker, WorkerExit, own_traceback
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class InlineWorker(Worker):
             # they cost more than the task); the runner takes the cancellation back.
             running[task] = me
             carrier = task._trace
-            token = None if carrier is None else _attach(carrier)
+            token = None if carrier is None else attach_trace(carrier)
             try:
                 value = task.fn(*task.args)
                 if type(value) is types.CoroutineType or hasattr(value, "__await__"):
@@ -112,7 +112,7 @@ class InlineWorker(Worker):
             del running[task]
             cancelling.discard(task)
             if token is not None:
-                _detach(token)
+                detach_trace(token)
             ctx.task_id = None
             host.task_finished(self, task, ok, value, time.time())
             del task, value  # keep no reference to a settled task or its result
@@ -170,19 +170,6 @@ class InlineWorker(Worker):
         for wake in waiters:
             if not wake.done():
                 wake.set_result(None)
-
-
-def _attach(carrier: dict[str, str]) -> object:
-    """Make a traced task's context current (taskpool.otel: the pool is instrumented, so it imports)."""
-    from taskpool.otel import attach
-
-    return attach(carrier)
-
-
-def _detach(token: object) -> None:
-    from taskpool.otel import detach
-
-    detach(token)
 
 
 _RUNNER_CODE = InlineWorker._runner.__code__  # stripped from tasks' tracebacks

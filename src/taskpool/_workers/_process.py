@@ -439,7 +439,7 @@ class ProcessWorker(ProcessCalls):
             return
         report = self._control is None or self.host.start_wanted(task)
         call = _wire.Call(task.id, fn_id, fmt, data, bufs, define, drop, report)
-        if (carrier := getattr(task, "_trace", None)) is not None:  # taskpool.otel; others as they were
+        if (carrier := task._trace) is not None:  # traced (taskpool.otel): built instead, never both
             call = _wire.TracedCall(task.id, fn_id, fmt, data, bufs, define, drop, report, carrier)
         if bufs or not self._calls:
             # An idle worker gets it at once (latency); one with out-of-band segments

@@ -35,7 +35,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._context import TaskContext, current
+from .._context import TaskContext, attach_trace, current, detach_trace
 from .._events import set_if_pending
 from .._loop import new_event_loop
 from ._base import CancelResult, Capabilities, Worker, WorkerExit, own_traceback
@@ -401,7 +401,7 @@ class ThreadWorker(Worker):
                     ctx.task_id = task.id
                     running[task] = me
                     carrier = task._trace
-                    token = None if carrier is None else _attach(carrier)
+                    token = None if carrier is None else attach_trace(carrier)
                     try:
                         value = await coro
                         ok = True
@@ -421,7 +421,7 @@ class ThreadWorker(Worker):
                     cancelling.discard(task)
                     del running[task]
                     if token is not None:
-                        _detach(token)
+                        detach_trace(token)
                 coro = None
             ctx.task_id = None
             # Decided before the report, so work the pool sends once it has the report
@@ -467,26 +467,13 @@ def _call(task: Task[Any], stop_asked: set[Task[Any]]) -> tuple[bool, Any]:
 
 def _call_traced(task: Task[Any], carrier: dict[str, str]) -> tuple[bool, Any]:
     """:func:`_call` in the trace context of the task's submit span (taskpool.otel)."""
-    token = _attach(carrier)
+    token = attach_trace(carrier)
     try:
         return True, task.fn(*task.args)
     except BaseException as exc:
         return False, own_traceback(exc, _TRACED_CODE)
     finally:
-        _detach(token)
-
-
-def _attach(carrier: dict[str, str]) -> object:
-    # Only traced tasks get here: the pool is instrumented, so taskpool.otel imports.
-    from taskpool.otel import attach
-
-    return attach(carrier)
-
-
-def _detach(token: object) -> None:
-    from taskpool.otel import detach
-
-    detach(token)
+        detach_trace(token)
 
 
 _CALL_CODE = _call.__code__  # stripped from tasks' tracebacks
