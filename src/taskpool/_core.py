@@ -127,6 +127,10 @@ class PoolCore(Lifecycle):
             cancel_grace=cancel_grace,
             max_message_size=options.max_message_size,
             worker_output=options.worker_output,
+            initializer=options.initializer,
+            initargs=options.initargs,
+            init_logger=options.init_logger,
+            thread_name_prefix=options.thread_name_prefix,
         )
         self.sup: Supervisor = Supervisor(
             self,

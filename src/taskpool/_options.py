@@ -18,10 +18,15 @@ from ._restart import RestartPolicy
 __all__ = [
     "DEFAULT_MAX_MESSAGE",
     "MAX_WORKERS",
+    "ON_WORKER_CRASH",
+    "START_WORKERS",
     "WORKER_OUTPUTS",
     "PoolOptions",
+    "OnWorkerCrash",
+    "StartWorkers",
     "WorkerOutput",
     "check_callable",
+    "check_choice",
     "check_count",
     "check_grace",
     "check_name",
@@ -43,6 +48,16 @@ MAX_WORKERS = 1024
 #: stdout/stderr, and ``log_dir``) or ``"events"`` (``worker.log`` events and ``log_dir``).
 WorkerOutput = Literal["log", "inherit", "events"]
 WORKER_OUTPUTS: tuple[str, ...] = get_args(WorkerOutput)
+
+#: What a worker's unclean death does (``on_worker_crash=``): ``"isolate"`` fails only the
+#: tasks that worker held and replaces it; ``"break"`` fails every task and breaks the pool.
+OnWorkerCrash = Literal["isolate", "break"]
+ON_WORKER_CRASH: tuple[str, ...] = get_args(OnWorkerCrash)
+
+#: When workers start (``start_workers=``): ``"eager"`` all of them with the pool;
+#: ``"on_demand"`` one more whenever a task waits and no started worker is idle.
+StartWorkers = Literal["eager", "on_demand"]
+START_WORKERS: tuple[str, ...] = get_args(StartWorkers)
 
 
 def default_pool_size() -> int:
@@ -133,6 +148,33 @@ def check_worker_output(value: str) -> WorkerOutput:
     return value  # type: ignore[return-value]
 
 
+def check_choice(name: str, value: str, accepted: tuple[str, ...]) -> Any:
+    """``value`` when it is one of ``accepted``.
+
+    Raises:
+        TypeError: ``value`` is not a str.
+        ValueError: ``value`` is not one of ``accepted``.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if value not in accepted:
+        raise ValueError(f"{name} must be one of {', '.join(repr(v) for v in accepted)}, got {value!r}")
+    return value
+
+
+def check_initializer(initializer: Callable[..., Any] | None, initargs: Any) -> tuple[Any, ...]:
+    """``initargs`` as a tuple, once ``initializer`` is a callable or None.
+
+    Raises:
+        TypeError: ``initializer`` is not callable, or ``initargs`` is not a tuple or list.
+    """
+    if initializer is not None and not callable(initializer):
+        raise TypeError(f"initializer must be a callable or None, got {type(initializer).__name__}")
+    if not isinstance(initargs, (tuple, list)):
+        raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
+    return tuple(initargs)
+
+
 def check_name(what: str, value: str | None) -> str | None:
     """A non-empty str, or None."""
     if value is not None and (not isinstance(value, str) or not value):
@@ -156,6 +198,13 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 1
     max_message_size: int = DEFAULT_MAX_MESSAGE
     worker_output: WorkerOutput = "log"
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    on_worker_crash: OnWorkerCrash = "isolate"
+    start_workers: StartWorkers = "eager"
+    thread_name_prefix: str | None = None
+    #: The logger a worker logs a failed initializer on (the executors: "concurrent.futures").
+    init_logger: str = "taskpool"
 
     @classmethod
     def checked(
@@ -174,6 +223,12 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
         concurrency: int,
         max_message_size: int = 2**30,
         worker_output: str = "log",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        on_worker_crash: str = "isolate",
+        start_workers: str = "eager",
+        thread_name_prefix: str | None = None,
+        init_logger: str = "taskpool",
     ) -> PoolOptions:
         """Check every option; raise on the first bad one.
 
@@ -206,4 +261,16 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
             max_message_size=check_count("max_message_size", max_message_size, minimum=2**16, maximum=2**32 - 1)
             or DEFAULT_MAX_MESSAGE,
             worker_output=check_worker_output(worker_output),
+            initializer=initializer,
+            initargs=check_initializer(initializer, initargs),
+            on_worker_crash=check_choice("on_worker_crash", on_worker_crash, ON_WORKER_CRASH),
+            start_workers=check_choice("start_workers", start_workers, START_WORKERS),
+            thread_name_prefix=_check_prefix(thread_name_prefix),
+            init_logger=init_logger,
         )
+
+
+def _check_prefix(value: str | None) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"thread_name_prefix must be a str or None, got {type(value).__name__}")
+    return value or None

@@ -86,6 +86,25 @@ class FunctionPool:
             as ``ProcessPoolExecutor``'s children do; no log, no events) or ``"events"``
             (``worker.log`` events only). ``log_dir`` gets a copy in every mode. Thread and
             inline workers write to this process's stdout themselves: nothing to route.
+        initializer: run ``initializer(*initargs)`` (plain or async) once in each worker
+            before its first task, restarted and recycled workers included (process
+            workers: in the worker process; thread workers: in the worker's thread;
+            inline workers: on the pool's loop, once per worker slot). A worker whose
+            initializer raises fails to start: with ``on_worker_crash="isolate"`` it is
+            started again, and the third failure in a row breaks the pool
+            (:class:`PoolBroken`); with ``"break"`` the first one does.
+        initargs: the initializer's arguments (they cross to process workers with pickle,
+            in a spawning context: ``multiprocessing`` queues, locks and events work).
+        on_worker_crash: ``"isolate"`` (default: a worker's unclean death fails only the
+            tasks it held, and it is replaced) or ``"break"`` (it fails every queued and
+            running task with :class:`PoolBroken` and breaks the pool, as
+            ``concurrent.futures`` does).
+        start_workers: ``"eager"`` (default: every worker starts with the pool, and
+            ``start()`` returns once they are ready) or ``"on_demand"`` (none at first; a
+            worker starts whenever a task waits and no started worker is idle, up to
+            ``pool_size``, as ``concurrent.futures`` executors do).
+        thread_name_prefix: thread workers' thread names are ``f"{prefix}_{worker_id}"``
+            (default ``f"taskpool-{name}-worker"``-like names of the kind's own).
 
     Raises:
         ValueError: an argument is out of range (the message names it and what is accepted).
@@ -108,6 +127,11 @@ class FunctionPool:
         concurrency: int = 1,
         max_message_size: int = DEFAULT_MAX_MESSAGE,
         worker_output: Literal["log", "inherit", "events"] = "log",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        on_worker_crash: Literal["isolate", "break"] = "isolate",
+        start_workers: Literal["eager", "on_demand"] = "eager",
+        thread_name_prefix: str | None = None,
     ) -> None:
         check_name("name", name)
         options = PoolOptions.checked(
@@ -124,7 +148,23 @@ class FunctionPool:
             concurrency=concurrency,
             max_message_size=max_message_size,
             worker_output=worker_output,
+            initializer=initializer,
+            initargs=initargs,
+            on_worker_crash=on_worker_crash,
+            start_workers=start_workers,
+            thread_name_prefix=thread_name_prefix,
         )
+        self._setup(options)
+
+    @classmethod
+    def _from_options(cls, options: PoolOptions) -> FunctionPool:
+        """A pool built from checked options (the executors' way in: they set options
+        ``FunctionPool`` does not take, such as ``init_logger``)."""
+        pool = cls.__new__(cls)
+        pool._setup(options)
+        return pool
+
+    def _setup(self, options: PoolOptions) -> None:
         self._core = core = PoolCore(options)
         self.name: str = options.name
         self.pool_size: int = options.pool_size

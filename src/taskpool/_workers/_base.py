@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .._task import Task
 
 __all__ = [
+    "INIT_FAILED",
     "Capabilities",
     "CancelResult",
     "Worker",
@@ -109,6 +110,20 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     #: ``log_dir`` gets a copy in every mode. Kinds whose workers share the parent's
     #: stdout (inline, thread) have nothing to route.
     worker_output: WorkerOutput = "log"
+    #: Run ``initializer(*initargs)`` (plain or async) in each worker before its first
+    #: task. A worker whose initializer raises logs the traceback on the logger named
+    #: ``init_logger`` (in the worker, at CRITICAL, as ``"Exception in initializer:"``)
+    #: and ends before it is ready: ``run`` returns ``WorkerExit(failed=True,
+    #: reason="initializer failed: <Type>: <message>")`` without calling ``on_ready``.
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    init_logger: str = "taskpool"
+    #: Thread workers' names: ``f"{prefix}_{worker_id}"`` (None: the kind's default).
+    thread_name_prefix: str | None = None
+
+
+#: The reason a worker whose initializer raised ends with starts with this.
+INIT_FAILED = "initializer failed"
 
 
 class WorkerHost(Protocol):
