@@ -154,3 +154,36 @@ async def spawn(pool: taskpool.FunctionPool, n: int) -> list[int]:
     """An orchestrating task (the seed pattern): add ``n`` tasks to its own pool, await them."""
     tasks = [pool.add_task(async_add, i, 1) for i in range(n)]
     return [await t for t in tasks]
+
+
+# --- issue 12: retries and map(return_exceptions=) -----------------------------------------
+
+
+async def crash_once(marker: str, result: str) -> str:
+    """Crash the worker (see :func:`crash_worker`) the first time, leaving ``marker``;
+    return ``result`` when run again."""
+    if not os.path.exists(marker):
+        mark(marker)
+        await crash_worker(3)
+    return result
+
+
+async def slow_once(marker: str, seconds: float) -> str:
+    """Sleep ``seconds`` the first time (leaving ``marker``), return ``"quick"`` after."""
+    if not os.path.exists(marker):
+        mark(marker)
+        await asyncio.sleep(seconds)
+    return "quick"
+
+
+def fail_on_multiple_of_3(x: int) -> int:
+    """``x``, or ValueError(x) for a multiple of 3."""
+    if x % 3 == 0:
+        raise ValueError(x)
+    return x
+
+
+async def async_fail_on_multiple_of_3(x: int) -> int:
+    """The coroutine version of :func:`fail_on_multiple_of_3`."""
+    await asyncio.sleep(0)
+    return fail_on_multiple_of_3(x)

@@ -41,16 +41,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from . import _context
-from ._errors import PoolBroken, PoolClosed, QueueFull, TaskCancelled, TaskTimeout, WorkerCrashed, as_task_failed
+from ._errors import PoolBroken, QueueFull, TaskCancelled, TaskTimeout, WorkerCrashed, as_task_failed
 from ._events import EventBus
-from ._hooks import Hooks, in_hook
+from ._hooks import Hooks
 from ._lifecycle import Extra, Lifecycle
 from ._log import Logger, get_logger
 from ._options import PoolOptions, check_callable, check_timeout
+from ._policies import Policies
 from ._scheduler import Scheduler, Slot
 from ._supervisor import Supervisor
-from ._task import Task, describe_error
+from ._task import Retry, Task, describe_error
 from ._types import (
     PoolEvent,
     PoolState,
@@ -75,12 +75,11 @@ _SUCCEEDED = TaskState.SUCCEEDED
 _FAILED = TaskState.FAILED
 _CANCELLED = TaskState.CANCELLED
 _TOPIC = {_SUCCEEDED: "task.succeeded", _FAILED: "task.failed", _CANCELLED: "task.cancelled"}
-_OPEN = (PoolState.NEW, PoolState.RUNNING)
 _POOL_NEW = PoolState.NEW  # module constants: an enum attribute lookup costs more on hot paths
 _POOL_RUNNING = PoolState.RUNNING
 
 
-class PoolCore(Lifecycle):
+class PoolCore(Policies, Lifecycle):
     """Runs one pool: its tasks, its workers (through a Supervisor) and its lifetime.
 
     ``FunctionPool`` is its public face; persistent workers and services run on a core
@@ -164,6 +163,9 @@ class PoolCore(Lifecycle):
         self._check_scheduled = False
         self._in_batch = False  # between a worker's batch_begin and batch_done
         self._wakeups: list[Wakeup] = []  # awaiters to resume at batch_done
+        self._withdrawing: dict[Task[Any], asyncio.Future[bool]] = {}  # see withdraw_wait
+        self._on_demand = options.start_workers == "on_demand"
+        self._unstarted = options.pool_size if self._on_demand else 0
 
     # --- SlotHost: what the supervisor asks ---------------------------------------------------
 
@@ -189,16 +191,25 @@ class PoolCore(Lifecycle):
             self.pump()
 
     def worker_ended(self, slot: Slot, worker: Worker, exit: WorkerExit) -> None:
-        """Put the books right after a worker ended: fail what it ran, requeue the rest."""
+        """Put the books right after a worker ended: fail what it ran (or run it again,
+        per its retries), requeue the rest; or, with ``on_worker_crash="break"``, break
+        the pool."""
+        self.crash_breaks(slot, worker, exit)
         for task in self.sched.take_back(slot):
             if not task.done():
+                retry = task._retry
+                if retry is not None and retry.waiting is not None:
+                    self.requeue_retry(task, retry.waiting)  # (a timed-out run, stopped now)
+                    continue
                 crash = WorkerCrashed(
                     f"worker {slot.id} died while running task {task.id}: {exit.reason}",
                     worker_id=slot.id,
                     exitcode=exit.exitcode,
                     signal=exit.signal,
                 )
-                self.settle(task, _FAILED, None, crash)
+                self.settle_failed(task, crash)
+        if self._withdrawing:
+            self.withdrawn_requeued()
         slot.state = WorkerState.EXITED
         if exit.failed:
             self.log.warning(
@@ -224,57 +235,20 @@ class PoolCore(Lifecycle):
             self.schedule_check()
             if self._stop_event is not None:
                 self._stop_event.set()
-
-    def emit_worker(self, topic: str, worker: Worker, **fields: Any) -> None:
-        """Publish a ``worker.*`` event to the worker listeners and buses that want it."""
-        listeners = self.worker_listeners
-        buses = [b for b in self.worker_buses if b.wants(topic)]
-        if not buses and not listeners:
-            return
-        event = WorkerEvent(
-            topic=topic,
-            time=time.time(),
-            worker_id=worker.id,
-            worker_kind=worker.kind,
-            pid=worker.pid,
-            role=self.role,
-            **fields,
-        )
-        for listener in listeners:
-            listener(event)
-        for bus in buses:
-            bus.emit(event)
-
-    # --- extras: persistent workers and services tied to this pool -------------------------
-
-    def reserve_worker_ids(self, count: int) -> int:
-        """Reserve ``count`` worker ids after the pool's own; returns the first."""
-        first = self._next_extra_id
-        self._next_extra_id += count
-        return first
-
-    def check_open(self) -> None:
-        """Raise PoolClosed unless extras may still be tied to the pool."""
-        if self._state not in _OPEN:
-            raise PoolClosed(f"pool {self.name!r} is {self._state}")
-
-    def attach(self, extra: Extra, run: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
-        """Tie ``extra`` to the pool's life; ``run`` runs in the pool's task group."""
-        self.extras.append(extra)
-        if run is not None:
-            if self._tg is not None:
-                self._tg.start_soon(run)
-            else:
-                self._extra_runs.append(run)
-
-    def detach(self, extra: Extra) -> None:
-        """Untie ``extra`` from the pool's life (nothing if it was not tied)."""
-        if extra in self.extras:
-            self.extras.remove(extra)
+        elif self._unstarted:
+            self.grow()  # its tasks need another slot's worker
 
     # --- intake --------------------------------------------------------------------------
 
-    def add(self, fn: Callable[..., Any], args: tuple[Any, ...], meta: Any, timeout: float | None) -> Task[Any]:
+    def add(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        meta: Any,
+        timeout: float | None,
+        priority: int = 0,
+        retry: Retry | None = None,
+    ) -> Task[Any]:
         """Add ``fn(*args)`` to the pool and return its :class:`Task`; never blocks.
 
         What ``FunctionPool.add_task`` does (arguments passed positionally: the hot path).
@@ -300,6 +274,12 @@ class PoolCore(Lifecycle):
         if max_queue is not None and sched.n_waiting >= max_queue and not self._room_after_sync():
             raise QueueFull(f"pool {self.name!r} has {sched.n_waiting} tasks waiting to start (max_queue={max_queue})")
         task: Task[Any] = Task(self, next(self._ids), fn, args, meta, timeout, time.time())
+        if priority:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+            task.priority = priority
+        if retry is not None:
+            task._retry = retry
         tracer = self.tracer
         if tracer is not None:
             tracer.task_added(task)  # before any worker can take it: it carries the trace context
@@ -307,39 +287,19 @@ class PoolCore(Lifecycle):
         events = self.events
         if "task.queued" in events.hot:
             events.emit(TaskEvent(topic="task.queued", time=task.queued_at, task_id=task.id, state=_QUEUED, meta=meta))
-        if sched.free > 0 and self._tg is not None:
-            self.pump()
+        if self._tg is not None:
+            if sched.priorities_used:
+                self.preempt(priority)
+            if sched.free > 0:
+                self.pump()
+            if self._unstarted:
+                self.grow()
         return task
 
     def _room_after_sync(self) -> bool:
         """Whether taking in starts not reported yet makes room under ``max_queue``."""
         self.sync_starts()
         return self.sched.n_waiting < self._max_queue  # type: ignore[operator]
-
-    def _check_intake(self, state: PoolState) -> None:
-        if state is PoolState.BROKEN:
-            assert self._broken is not None
-            raise self._broken
-        if state is PoolState.CLOSING and (self.hooks.depth or in_hook.get() is self or self._in_own_task()):
-            return  # follow-up work from the pool's own hooks and tasks while it drains
-        raise PoolClosed(f"pool {self.name!r} is {state}; no more tasks can be added")
-
-    def _in_own_task(self) -> bool:
-        ctx = _context.current.get()
-        return ctx is not None and ctx.owner is self
-
-    def check_thread(self) -> None:
-        """Raise RuntimeError when called off the pool's event loop thread."""
-        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
-            raise RuntimeError(f"pool {self.name!r} must be used from the thread running its event loop")
-
-    def wake_room(self) -> None:
-        """Give room in the queue to the first ``submit`` waiting for it."""
-        while self.room_waiters:
-            fut = self.room_waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
 
     # --- TaskOwner ---------------------------------------------------------------------
 
@@ -349,6 +309,7 @@ class PoolCore(Lifecycle):
             return False
         self.check_thread()
         slot = task.slot
+        retry = task._retry is not None and isinstance(exc, TaskTimeout) and self.retry_due(task, exc)
         if slot is not None and slot.worker is not None:
             if task._state is _QUEUED:
                 slot.worker.sync_starts()  # a start not reported yet: it counts as started
@@ -357,6 +318,13 @@ class PoolCore(Lifecycle):
                 self.sched.release(slot, task, unstarted=True)
             elif outcome is CancelResult.UNSTOPPABLE:
                 self.sup.retire(slot, "task could not be stopped")
+            if retry and task.slot is not None:
+                # Run again once its worker let go of it (task_finished / worker_ended).
+                task._retry.waiting = exc  # type: ignore[union-attr]
+                return True
+        if retry:
+            self.requeue_retry(task, exc)
+            return True
         self.settle(task, _CANCELLED if isinstance(exc, TaskCancelled) else _FAILED, None, exc)
         if self._tg is not None:
             self.pump()
@@ -377,7 +345,7 @@ class PoolCore(Lifecycle):
         for task in sched.active_tasks() + sched.queued_tasks():
             if not task.done():
                 self.cancel_task(task, exc)
-        sched.queue.clear()
+        sched.clear_queue()
 
     # --- WorkerHost: what workers report -------------------------------------------------
 
@@ -390,6 +358,8 @@ class PoolCore(Lifecycle):
         if task._state is not _QUEUED or slot is None or slot.worker is not worker:
             return  # settled while its start was on the way, or a stale report
         self.sched.started(task, worker.id, at)
+        if self._withdrawing:
+            self.withdrawn(task, returned=False)
         if task.timeout is not None:
             # Counted from the start in the worker, not from when the report arrived.
             delay = max(0.0, task.timeout - (time.time() - at))
@@ -436,6 +406,8 @@ class PoolCore(Lifecycle):
         if slot is not None and slot.worker is not worker:
             return  # a stale report: the task was handed to another worker since
         state = task._state
+        if slot is None and state is _QUEUED:
+            return  # a stale report: the task is back in the pool's queue (a retry)
         if started and slot is not None:
             if state is _QUEUED:
                 events = self.events
@@ -466,21 +438,31 @@ class PoolCore(Lifecycle):
                     self.sup.after_task(slot, worker)
                 else:
                     slot.tasks_done += 1
+        if self._withdrawing:
+            self.withdrawn(task, returned=False)
         if pending:
-            if ok:
+            retry = task._retry
+            if retry is not None and retry.waiting is not None:
+                self.requeue_retry(task, retry.waiting)  # the timed-out run has ended
+            elif ok:
                 self.settle(task, _SUCCEEDED, value, None)
             else:
                 if not isinstance(value, BaseException):
                     value = TaskCancelled(f"task {task.id} was stopped")
                 elif not isinstance(value, Exception):
                     value = as_task_failed(value)
-                self.settle(task, _CANCELLED if isinstance(value, TaskCancelled) else _FAILED, None, value)
+                if retry is None:
+                    self.settle(task, _CANCELLED if isinstance(value, TaskCancelled) else _FAILED, None, value)
+                else:
+                    self.settle_failed(task, value)
 
     def task_returned(self, worker: Worker, task: Task[Any]) -> None:
         """``worker`` handed ``task`` back unstarted: it goes to the head of the queue."""
         slot = task.slot
         if slot is not None:
             self.sched.give_back(slot, task)
+            if self._withdrawing:
+                self.withdrawn(task, returned=True)
 
     def batch_begin(self) -> None:
         """A batch of worker reports begins (called from a loop callback, not a task):
@@ -518,10 +500,12 @@ class PoolCore(Lifecycle):
     def pump(self) -> None:
         """Hand queued tasks to workers with room; let idle workers take unstarted work."""
         sched = self.sched
-        if sched.free > 0 and sched.queue:
+        if sched.free > 0 and (sched.queue or sched.levels):
             for slot, task in sched.assignments(time.time()):
                 assert slot.worker is not None
                 slot.worker.send(task)
+        if self._unstarted and sched.n_queued:
+            self.grow()
         if not sched.queue and sched.free > 0 and self.capabilities.reclaims_unstarted:
             for src, task, dst in list(sched.steal_candidates()):
                 if src.worker is not None and dst.worker is not None and src.worker.reclaim(task):

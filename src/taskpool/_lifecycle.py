@@ -27,22 +27,27 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.abc
 
-from ._errors import PoolBroken, TaskCancelled
+from . import _context
+from ._errors import PoolBroken, PoolClosed, TaskCancelled
 from ._hooks import in_hook
 from ._options import check_grace
-from ._types import PoolEvent, PoolState, WorkerSnapshot
+from ._types import PoolEvent, PoolState, WorkerEvent, WorkerSnapshot
 
 if TYPE_CHECKING:
     from ._events import EventBus
     from ._hooks import Hooks
     from ._log import Logger
+    from ._options import PoolOptions
     from ._scheduler import Scheduler
     from ._supervisor import Supervisor
+    from ._workers import Worker
 
 __all__ = ["KILL_WAIT", "STOP_WAIT", "Extra", "Lifecycle"]
 
 #: Seconds workers get to end after being killed before they are abandoned (closing).
 KILL_WAIT = 1.0
+_OPEN = (PoolState.NEW, PoolState.RUNNING)
+
 #: Seconds a pool that was not given a ``grace`` waits for its workers to stop by themselves.
 STOP_WAIT = 10.0
 
@@ -78,6 +83,84 @@ class Lifecycle:
     _stop_event: asyncio.Event | None
     _join_waiters: list[asyncio.Future[None]]
     _check_scheduled: bool
+    _next_extra_id: int
+    _broken: PoolBroken | None
+    role: str
+    worker_buses: list[EventBus]
+    worker_listeners: list[Callable[[WorkerEvent], None]]
+    options: PoolOptions
+
+    # --- extras: persistent workers and services tied to this pool -------------------------
+
+    def emit_worker(self, topic: str, worker: Worker, **fields: Any) -> None:
+        """Publish a ``worker.*`` event to the worker listeners and buses that want it."""
+        listeners = self.worker_listeners
+        buses = [b for b in self.worker_buses if b.wants(topic)]
+        if not buses and not listeners:
+            return
+        event = WorkerEvent(
+            topic=topic,
+            time=time.time(),
+            worker_id=worker.id,
+            worker_kind=worker.kind,
+            pid=worker.pid,
+            role=self.role,
+            **fields,
+        )
+        for listener in listeners:
+            listener(event)
+        for bus in buses:
+            bus.emit(event)
+
+    def reserve_worker_ids(self, count: int) -> int:
+        """Reserve ``count`` worker ids after the pool's own; returns the first."""
+        first = self._next_extra_id
+        self._next_extra_id += count
+        return first
+
+    def check_open(self) -> None:
+        """Raise PoolClosed unless extras may still be tied to the pool."""
+        if self._state not in _OPEN:
+            raise PoolClosed(f"pool {self.name!r} is {self._state}")
+
+    def attach(self, extra: Extra, run: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Tie ``extra`` to the pool's life; ``run`` runs in the pool's task group."""
+        self.extras.append(extra)
+        if run is not None:
+            if self._tg is not None:
+                self._tg.start_soon(run)
+            else:
+                self._extra_runs.append(run)
+
+    def detach(self, extra: Extra) -> None:
+        """Untie ``extra`` from the pool's life (nothing if it was not tied)."""
+        if extra in self.extras:
+            self.extras.remove(extra)
+
+    def _check_intake(self, state: PoolState) -> None:
+        if state is PoolState.BROKEN:
+            assert self._broken is not None
+            raise self._broken
+        if state is PoolState.CLOSING and (self.hooks.depth or in_hook.get() is self or self._in_own_task()):
+            return  # follow-up work from the pool's own hooks and tasks while it drains
+        raise PoolClosed(f"pool {self.name!r} is {state}; no more tasks can be added")
+
+    def _in_own_task(self) -> bool:
+        ctx = _context.current.get()
+        return ctx is not None and ctx.owner is self
+
+    def check_thread(self) -> None:
+        """Raise RuntimeError when called off the pool's event loop thread."""
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            raise RuntimeError(f"pool {self.name!r} must be used from the thread running its event loop")
+
+    def wake_room(self) -> None:
+        """Give room in the queue to the first ``submit`` waiting for it."""
+        while self.room_waiters:
+            fut = self.room_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     def cancel_all(self, exc: TaskCancelled | PoolBroken) -> None:
         """Settle every task not settled yet with ``exc`` (the core implements it).
@@ -142,7 +225,8 @@ class Lifecycle:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
-                    await self.sup.start_all(tg)
+                    await self.sup.start_all(tg, on_demand=self.options.start_workers == "on_demand")
+                    self._check_not_broken()  # a crash may have broken it as it started ("break")
                 except BaseException as exc:
                     if not ready.done():
                         err = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) else exc
@@ -174,6 +258,10 @@ class Lifecycle:
         finally:
             self._tg = None
             self.hooks.unbind(f"pool {self._state}")
+
+    def _check_not_broken(self) -> None:
+        if self._broken is not None:
+            raise self._broken
 
     async def aclose(self, *, cancel: bool = False, grace: float | None = None) -> None:
         """Close: stop intake, settle every task, stop the workers (see FunctionPool.aclose).

@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
-from ._chunks import run_chunk, run_chunk_async
+from ._chunks import ItemFailed, run_chunk, run_chunk_async, run_chunk_settled, run_chunk_settled_async
+from ._options import check_callable, check_count
+from ._progress import Progress
 from ._wire import is_async_callable
 
 if TYPE_CHECKING:
-    from ._progress import Progress
     from ._task import Task
 
-__all__ = ["CHUNK_TARGET", "MAX_CHUNK", "TINY_CALL", "map_tasks"]
+__all__ = ["CHUNK_TARGET", "MAX_CHUNK", "TINY_CALL", "map_tasks", "start_map"]
 
 #: A plain call shorter than this (seconds, in the worker) is tiny: a task's own cost
 #: dominates it, and "auto" starts sending such calls in chunks.
@@ -37,6 +39,7 @@ async def map_tasks(
     chunksize: int | None = 1,
     progress: Progress | None = None,
     close_progress: bool = False,
+    return_exceptions: bool = False,
 ) -> AsyncIterator[Any]:
     """Yield ``fn(item)`` for each item, submitted with ``submit(fn, item)``.
 
@@ -55,6 +58,10 @@ async def map_tasks(
     ``progress`` is advanced by each task's item count as it settles (a failed chunk
     counts all its items failed; a task cancelled by the map's end is not counted), and
     closed when the map ends if ``close_progress``.
+
+    ``return_exceptions``: a failure is yielded as its exception, in its place, and the
+    map goes on (a chunk runs every item, each failure in its own place; a chunk lost
+    as a whole, to a crashed worker say, gives its exception for each of its items).
     """
     inflight: collections.deque[tuple[Task[Any], int]] = collections.deque()  # (task, items; 0: unchunked)
     ready: collections.deque[tuple[Task[Any], int]] = collections.deque()  # settled, not yet yielded
@@ -67,10 +74,17 @@ async def map_tasks(
 
     def on_done(t: Task[Any], n: int) -> None:
         nonlocal size
+        exc = t.exception()
         if progress is not None and not t.cancelled():
-            progress.advance(n or 1, failed=t.exception() is not None)
-        if t.exception() is not None:
-            if not failed:
+            if exc is None and n and return_exceptions:
+                bad = sum(type(v) is ItemFailed for v in t.result())
+                progress.advance(n - bad)
+                if bad:
+                    progress.advance(bad, failed=True)
+            else:
+                progress.advance(n or 1, failed=exc is not None)
+        if exc is not None:
+            if not failed and not return_exceptions:
                 failed.append(t)
         elif auto and t.started_at is not None and t.finished_at is not None:
             per_item = (t.finished_at - t.started_at) / max(n, 1)
@@ -123,7 +137,11 @@ async def map_tasks(
                     n = 0
                 else:
                     if chunk_fn is None:
-                        chunk_fn = functools.partial(run_chunk_async if is_async else run_chunk, fn)
+                        if return_exceptions:
+                            runner: Any = run_chunk_settled_async if is_async else run_chunk_settled
+                        else:
+                            runner = run_chunk_async if is_async else run_chunk
+                        chunk_fn = functools.partial(runner, fn)
                     task = await submit(chunk_fn, tuple(items))
                     n = len(items)
                 inflight.append((task, n))
@@ -144,7 +162,7 @@ async def map_tasks(
                 if failed:
                     continue
                 inflight.popleft()
-                for value in head.result() if n else (head.result(),):
+                for value in _values(head, n) if return_exceptions else head.result() if n else (head.result(),):
                     yield value
             else:
                 while not ready:
@@ -153,10 +171,87 @@ async def map_tasks(
                 if entry in inflight:
                     inflight.remove(entry)
                     done, n = entry
-                    for value in done.result() if n else (done.result(),):
+                    for value in _values(done, n) if return_exceptions else done.result() if n else (done.result(),):
                         yield value
     finally:
         for t, _ in inflight:
             t.cancel()
         if close_progress and progress is not None:
             progress.close()
+
+
+def _values(task: Task[Any], n: int) -> list[Any]:
+    """A settled task's values for ``return_exceptions``: failures as their exceptions."""
+    exc = task.exception()
+    if exc is not None:
+        return [exc] * (n or 1)
+    if not n:
+        return [task.result()]
+    return [v.exception() if type(v) is ItemFailed else v for v in task.result()]
+
+
+def start_map(
+    submit: Callable[[Callable[..., Any], Any], Awaitable[Task[Any]]],
+    fn: Callable[..., Any],
+    iterable: Iterable[Any] | AsyncIterable[Any],
+    *,
+    pool_size: int,
+    ordered: bool,
+    window: int | None,
+    chunksize: int | str,
+    return_exceptions: bool,
+    progress: bool | Progress,
+) -> AsyncIterator[Any]:
+    """Check ``FunctionPool.map``'s arguments, set up its progress line, and start it.
+
+    Raises:
+        TypeError: ``fn`` is not callable, ``iterable`` is not iterable, or ``progress``
+            is neither a bool nor a ``Progress``.
+        ValueError: ``window`` < 1, or ``chunksize`` neither ``"auto"`` nor an int >= 1.
+    """
+    check_callable("map()", fn)
+    if not isinstance(iterable, (Iterable, AsyncIterable)):
+        raise TypeError(f"map() needs an iterable or async iterable, got {type(iterable).__name__}")
+    size: int | None = None
+    if chunksize != "auto":
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+            raise ValueError(f"chunksize must be 'auto' or an int >= 1, got {chunksize!r}")
+        size = chunksize
+    if not isinstance(progress, (bool, Progress)):
+        raise TypeError(f"progress must be a bool or a Progress, got {type(progress).__name__}")
+    known = _length(iterable) if progress is not False else None
+    bar: Progress | None = None
+    if isinstance(progress, Progress):
+        bar = progress
+        if known is not None:
+            bar.total = (bar.total or 0) + known
+    elif progress and sys.stderr is not None:  # (no console at all: nothing to show)
+        name = getattr(fn, "__name__", None)
+        bar = Progress(known, label=name if isinstance(name, str) else "map")
+        if not bar.enabled:
+            bar = None  # not a terminal: nothing to show, nothing to count
+    return map_tasks(
+        submit,
+        fn,
+        iterable,
+        ordered=ordered,
+        window=check_count("window", window) or 2 * pool_size,
+        chunksize=size,
+        progress=bar,
+        close_progress=bar is not progress,
+        return_exceptions=bool(return_exceptions),
+    )
+
+
+def _length(iterable: object) -> int | None:
+    """The input's length for a progress bar, if it tells one cheaply; never an error.
+
+    Asked only when progress is shown: a map must not call ``len()`` on an input it reads
+    lazily (``range(10**20)`` has no ``len()``, some objects decline to count).
+    """
+    if not isinstance(iterable, Sized):
+        return None
+    try:
+        return len(iterable)
+    except (TypeError, ValueError, OverflowError):
+        return None

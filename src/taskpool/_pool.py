@@ -11,36 +11,30 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
-from types import ModuleType, TracebackType
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, overload
 
 import anyio
 
 from . import _status
+from ._attached import PoolAttachments
 from ._core import PoolCore
 from ._errors import QueueFull
-from ._map import map_tasks
+from ._map import start_map
 from ._options import (
     DEFAULT_MAX_MESSAGE,
     PoolOptions,
-    check_callable,
-    check_count,
-    check_grace,
     check_name,
-    check_restart,
 )
-from ._persistent import PersistentWorker, PersistentWorkerStarter
+from ._policies import make_retry
 from ._progress import Progress
 from ._restart import RestartPolicy
-from ._service import Service
 from ._types import PoolSnapshot, PoolState, StatusType, TaskRecord
 
 if TYPE_CHECKING:
     from ._events import EventBus
     from ._task import Task
-    from .web._server import StatusServer
 
 __all__ = ["FunctionPool"]
 
@@ -52,7 +46,7 @@ PoolT = TypeVar("PoolT", bound="FunctionPool")
 _pool_numbers = itertools.count(1)
 
 
-class FunctionPool:
+class FunctionPool(PoolAttachments):
     """A pool of workers running function calls, with hooks, status and an event bus.
 
     Args:
@@ -252,10 +246,21 @@ class FunctionPool:
         *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
     ) -> Task[T]: ...
     @overload
     def add_task(
-        self, fn: Callable[[*Ts], T], /, *args: *Ts, meta: Any = None, timeout: float | None = None
+        self,
+        fn: Callable[[*Ts], T],
+        /,
+        *args: *Ts,
+        meta: Any = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
     ) -> Task[T]: ...
 
     def add_task(
@@ -265,6 +270,9 @@ class FunctionPool:
         *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
     ) -> Task[Any]:
         """Add ``fn(*args)`` to the pool and return its :class:`Task`; never blocks.
 
@@ -272,15 +280,29 @@ class FunctionPool:
         with ``functools.partial``. ``timeout`` (seconds, counted from the task's start)
         overrides the pool's ``task_timeout``.
 
+        ``priority``: among tasks not started yet, wherever they wait (the pool's queue or
+        a worker's window), higher priorities start first; FIFO within one priority. A
+        task of higher priority than some waiting in a worker's window takes their place
+        there when no worker has room (kinds that can take back unstarted calls: process,
+        thread, inline).
+
+        ``retries``: a run failing with an exception matching ``retry_on`` (default
+        ``(WorkerCrashed, TaskTimeout)``: runs lost to the worker, not to the function's
+        own errors) runs again, up to ``retries`` more times, each time publishing a
+        ``task.retried`` event; the task settles once, with the last run's outcome, and
+        counts once. ``TaskCancelled`` and ``PoolBroken`` are never retried.
+
         Raises:
-            TypeError: ``fn`` is not callable.
-            ValueError: ``timeout`` is not a positive number.
+            TypeError: ``fn`` is not callable; ``priority`` or ``retries`` is not an
+                int; ``retry_on`` is not an exception class or a tuple of them.
+            ValueError: ``timeout`` is not a positive number; ``retries`` < 0.
             QueueFull: ``max_queue`` tasks are already queued.
             PoolClosed: the pool is closing or closed.
             PoolBroken: the pool is broken (no worker can be started any more).
             RuntimeError: called from a thread other than the pool's event loop's.
         """
-        return self._core.add(fn, args, meta, timeout)
+        retry = make_retry(retries, retry_on) if retries or retry_on is not None else None
+        return self._core.add(fn, args, meta, timeout, priority, retry)
 
     @overload
     async def submit(
@@ -290,10 +312,21 @@ class FunctionPool:
         *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
     ) -> Task[T]: ...
     @overload
     async def submit(
-        self, fn: Callable[[*Ts], T], /, *args: *Ts, meta: Any = None, timeout: float | None = None
+        self,
+        fn: Callable[[*Ts], T],
+        /,
+        *args: *Ts,
+        meta: Any = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
     ) -> Task[T]: ...
 
     async def submit(
@@ -303,6 +336,9 @@ class FunctionPool:
         *args: *Ts,
         meta: Any = None,
         timeout: float | None = None,
+        priority: int = 0,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] | None = None,
     ) -> Task[Any]:
         """Like :meth:`add_task`, but wait for room in the queue instead of raising ``QueueFull``.
 
@@ -314,10 +350,11 @@ class FunctionPool:
         core = self._core
         waiters = core.room_waiters
         max_queue = core.options.max_queue
+        retry = make_retry(retries, retry_on) if retries or retry_on is not None else None
         while True:
             if not waiters or max_queue is None:
                 try:
-                    return core.add(fn, args, meta, timeout)
+                    return core.add(fn, args, meta, timeout, priority, retry)
                 except QueueFull:
                     pass
             fut = asyncio.get_running_loop().create_future()
@@ -334,7 +371,7 @@ class FunctionPool:
                         pass
                 raise
             try:
-                return core.add(fn, args, meta, timeout)
+                return core.add(fn, args, meta, timeout, priority, retry)
             except QueueFull:
                 continue
             finally:
@@ -350,8 +387,9 @@ class FunctionPool:
         ordered: bool = True,
         window: int | None = None,
         chunksize: int | Literal["auto"] = "auto",
+        return_exceptions: bool = False,
         progress: bool | Progress = False,
-    ) -> AsyncIterator[R]:
+    ) -> AsyncIterator[R | BaseException]:
         """Run ``fn(item)`` for each item, yielding results in input order (or as they finish).
 
         The input (sync or async iterable) is consumed lazily, with at most ``window``
@@ -368,6 +406,10 @@ class FunctionPool:
         a chunk awaits its items one after the other). Hooks and status see a chunk as one
         task; ``window`` counts tasks.
 
+        ``return_exceptions=True``: a failure is yielded as its exception object, in its
+        place, instead of ending the map (a chunk runs every one of its items; a chunk
+        lost as a whole, to a crashed worker say, yields its exception for each item).
+
         ``progress=True`` draws a :class:`Progress` line on stderr when it is a terminal
         (nothing otherwise), labelled with ``fn``'s name and closed when the map ends. It
         counts items, not chunks, as their tasks settle; its total is ``len(iterable)``
@@ -380,37 +422,16 @@ class FunctionPool:
                 ``progress`` is neither a bool nor a ``Progress``.
             ValueError: ``window`` < 1, or ``chunksize`` neither ``"auto"`` nor an int >= 1.
         """
-        check_callable("map()", fn)
-        if not isinstance(iterable, (Iterable, AsyncIterable)):
-            raise TypeError(f"map() needs an iterable or async iterable, got {type(iterable).__name__}")
-        window = check_count("window", window) or 2 * self.pool_size
-        size: int | None = None
-        if chunksize != "auto":
-            if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
-                raise ValueError(f"chunksize must be 'auto' or an int >= 1, got {chunksize!r}")
-            size = chunksize
-        if not isinstance(progress, (bool, Progress)):
-            raise TypeError(f"progress must be a bool or a Progress, got {type(progress).__name__}")
-        known = _length(iterable) if progress is not False else None
-        bar: Progress | None = None
-        if isinstance(progress, Progress):
-            bar = progress
-            if known is not None:
-                bar.total = (bar.total or 0) + known
-        elif progress and sys.stderr is not None:  # (no console at all: nothing to show)
-            name = getattr(fn, "__name__", None)
-            bar = Progress(known, label=name if isinstance(name, str) else "map")
-            if not bar.enabled:
-                bar = None  # not a terminal: nothing to show, nothing to count
-        return map_tasks(
+        return start_map(
             self._submit_one,
             fn,
             iterable,
+            pool_size=self.pool_size,
             ordered=ordered,
             window=window,
-            chunksize=size,
-            progress=bar,
-            close_progress=bar is not progress,
+            chunksize=chunksize,
+            return_exceptions=return_exceptions,
+            progress=progress,
         )
 
     async def _submit_one(self, fn: Callable[..., Any], item: Any) -> Task[Any]:
@@ -501,113 +522,9 @@ class FunctionPool:
         """A :class:`PoolSnapshot` for dashboards (``msgspec.json.encode`` works on it)."""
         return _status.snapshot(self._core)
 
-    async def serve_status(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        token: str | None = None,
-        *,
-        title: str | None = None,
-        announce: bool = True,
-    ) -> StatusServer:
-        """Serve :func:`taskpool.web.status_app` for this pool over HTTP, in this event loop.
-
-        Listens on ``host``:``port`` (loopback and a free port by default) before it
-        returns. ``token=None`` makes a random token (printed to stderr with the URL
-        unless ``announce=False``); ``token=""`` serves without one. The server is
-        closed with the pool, or by ``await server.aclose()``; its event streams end
-        first, so closing never waits on a dashboard left open.
-
-        Raises:
-            ImportError: the ``taskpool[web]`` extra (uvicorn) is not installed.
-            PoolClosed: the pool is closing or closed.
-            TypeError, ValueError: a bad ``host``, ``port`` or ``token``.
-            OSError: the address cannot be bound.
-        """
-        from .web._server import serve_status
-
-        return await serve_status(self, host, port, token, title=title, announce=announce)
-
-    # --- persistent workers and services ---------------------------------------------------
-
-    def import_persistent_worker(
-        self,
-        module: str | ModuleType,
-        *,
-        worker: str = "process",
-        timeout: float | None = None,
-        restart: RestartPolicy | None = None,
-    ) -> PersistentWorkerStarter[Any]:
-        """Like :func:`taskpool.import_persistent_worker`, tied to this pool's life.
-
-        The worker does not count toward ``pool_size``; it shows in :meth:`snapshot`,
-        publishes its ``worker.*`` events on this pool's bus, and is terminated when the
-        pool closes.
-
-        Raises:
-            PoolClosed: the pool is closing or closed.
-            TypeError, ValueError: as :func:`taskpool.import_persistent_worker`.
-        """
-        self._core.check_open()
-        return PersistentWorkerStarter(
-            PersistentWorker(module, worker=worker, timeout=timeout, restart=restart, parent=self._core)
-        )
-
-    def keep_alive(
-        self,
-        fn: Callable[[*Ts], Any],
-        /,
-        *args: *Ts,
-        name: str,
-        instances: int = 1,
-        restart: RestartPolicy | None = None,
-        worker: str = "process",
-        grace: float = 5.0,
-    ) -> Service:
-        """Run ``fn(*args)`` in ``instances`` dedicated workers and keep it running.
-
-        Each instance is run again per ``restart`` (default
-        ``RestartPolicy(mode="always")``) whenever it returns or its worker dies, until
-        ``await service.stop()`` or the pool closes. The service's workers do not count
-        toward ``pool_size``; they show in :meth:`snapshot`, and ``service.*`` events are
-        published on this pool's bus.
-
-        Raises:
-            TypeError: ``fn`` is not callable, or ``restart`` is not a RestartPolicy.
-            ValueError: ``name`` is empty or taken, ``instances`` out of 1..1024, bad
-                ``worker`` or ``grace``.
-            PoolClosed: the pool is closing or closed.
-        """
-        check_callable("keep_alive()", fn)
-        if check_name("keep_alive() name", name) is None:
-            raise ValueError("keep_alive() name must be a non-empty str, got None")
-        core = self._core
-        if any(isinstance(e, Service) and e.name == name for e in core.extras):
-            raise ValueError(f"keep_alive() name {name!r} is already used by a service of this pool")
-        restart = check_restart(restart, RestartPolicy(mode="always"))
-        grace = check_grace("grace", grace, optional=False) or 0.0
-        core.check_open()
-        service = Service(core, fn, args, name=name, instances=instances, restart=restart, worker=worker, grace=grace)
-        core.attach(service, run=service.run)
-        return service
-
     def __repr__(self) -> str:
         s = self._core.sched
         return (
             f"<FunctionPool {self.name!r} {self.worker_kind}x{self.pool_size} {self.state} "
             f"queued={s.n_queued} active={s.n_active} completed={s.n_completed}>"
         )
-
-
-def _length(iterable: object) -> int | None:
-    """The input's length for a progress bar, if it tells one cheaply; never an error.
-
-    Asked only when progress is shown: a map must not call ``len()`` on an input it reads
-    lazily (``range(10**20)`` has no ``len()``, some objects decline to count).
-    """
-    if not isinstance(iterable, Sized):
-        return None
-    try:
-        return len(iterable)
-    except (TypeError, ValueError, OverflowError):
-        return None

@@ -13,16 +13,21 @@ Where a task is, and how it counts::
                          (handed back unstarted, or reclaimed)
 
 Invariant, after every call: ``total == queued + active + completed``.
+
+Priorities: tasks of priority 0 (nearly all) wait in ``queue``, a plain deque; the others
+in a deque per priority in ``levels``, created on first use. Tasks are taken highest
+priority first, FIFO within one; a task handed back goes to the head of its own level.
 """
 
 from __future__ import annotations
 
 import collections
-import math
+import heapq
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _gc
+from ._busy import BusyMeter
 from ._task import describe_error
 from ._types import TaskRecord, TaskState, WorkerState
 
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
     from ._task import Task
     from ._workers._base import Worker
 
-__all__ = ["FIELDS", "BusyMeter", "Scheduler", "Slot"]
+__all__ = ["FIELDS", "Scheduler", "Slot"]
 
 FIELDS = (
     "queued",
@@ -46,81 +51,12 @@ FIELDS = (
 
 #: A call running longer than this (seconds, averaged) gets no prefetched call behind it.
 LONG_CALL = 0.002
-#: Seconds of history behind ``utilisation``, kept in buckets of BUCKET seconds.
-BUSY_WINDOW = 10
-BUCKET = 0.25
-_PER_SECOND = 4  # 1 / BUCKET
-
 _QUEUED = TaskState.QUEUED
 _RUNNING = TaskState.RUNNING
 _SUCCEEDED = TaskState.SUCCEEDED
 _FAILED = TaskState.FAILED
 _IDLE = WorkerState.IDLE
 _BUSY = WorkerState.BUSY
-
-
-class BusyMeter:
-    """Busy seconds per wall-clock second over the last :data:`BUSY_WINDOW` seconds.
-
-    Fed with the run intervals taken in the worker; O(1) memory (one bucket per
-    :data:`BUCKET` seconds) and, per task, O(buckets it spanned): usually one.
-    """
-
-    __slots__ = ("_busy", "_key", "capacity", "up_since")
-
-    def __init__(self, capacity: int = 1) -> None:
-        n = int(BUSY_WINDOW / BUCKET) + 2
-        self._busy = [0.0] * n
-        self._key = [-1] * n  # which bucket of wall-clock time each entry holds
-        self.capacity: int = capacity  # tasks the worker runs at once
-        self.up_since: float | None = None
-
-    def add(self, start: float, end: float) -> None:
-        """Count the interval ``[start, end]`` as busy."""
-        if end <= start:
-            return
-        busy, key, n = self._busy, self._key, len(self._busy)
-        k = int(start * _PER_SECOND)  # times are positive: int() floors, and is cheaper
-        last = int(end * _PER_SECOND)
-        if k == last:  # the common case: a call within one bucket
-            i = k % n
-            if key[i] != k:
-                key[i] = k
-                busy[i] = end - start
-            else:
-                busy[i] += end - start
-            return
-        if last - k >= n:  # longer than the window: only its end matters
-            k = last - n + 1
-            start = k * BUCKET
-        while k <= last:
-            i = k % n
-            if key[i] != k:
-                key[i] = k
-                busy[i] = 0.0
-            busy[i] += min(end, (k + 1) * BUCKET) - max(start, k * BUCKET)
-            k += 1
-
-    def utilisation(self, now: float, running_since: list[float]) -> float:
-        """Busy share (0-1) of the last window, counting calls still running from ``running_since``."""
-        lo = now - BUSY_WINDOW
-        young = self.up_since is not None and self.up_since > lo
-        if young:
-            assert self.up_since is not None
-            lo = self.up_since  # busy time before the worker was up is an earlier worker's
-        span = now - lo
-        if span <= 0:
-            return 0.0
-        total = 0.0
-        first = math.floor(lo / BUCKET)
-        for k, b in zip(self._key, self._busy, strict=True):
-            if k < first or not b:
-                continue
-            # The bucket straddling the window's start: take its inside share.
-            total += b * ((k + 1) * BUCKET - lo) / BUCKET if k == first and not young else b
-        for started in running_since:
-            total += now - max(started, lo)
-        return max(0.0, min(1.0, total / (span * self.capacity)))
 
 
 class Slot:
@@ -185,6 +121,10 @@ class Slot:
         return self.busy.utilisation(now, running)
 
 
+def _task_id(task: Task[Any]) -> int:
+    return task.id
+
+
 def _room(slot: Slot) -> int:
     """Tasks the slot can still take (a window shrunk under its load has none, never fewer)."""
     return max(0, slot.window - len(slot.inflight))
@@ -194,8 +134,12 @@ class Scheduler:
     """Counts, queue and slots of one pool."""
 
     def __init__(self, *, keep_records: int) -> None:
-        self.queue: collections.deque[Task[Any]] = collections.deque()
+        self.queue: collections.deque[Task[Any]] = collections.deque()  # priority 0
         _gc.watch(self.queue)  # a long queue keeps the cyclic GC off its tasks (see _gc)
+        #: The other priorities' queues, and those priorities from the highest down.
+        self.levels: dict[int, collections.deque[Task[Any]]] = {}
+        self.level_order: list[int] = []
+        self.priorities_used: bool = False  # a task with a priority other than 0 was added
         self.slots: list[Slot] = []
         self.free: int = 0  # sum over accepting slots of _room(slot)
         self.n_total: int = 0
@@ -324,7 +268,7 @@ class Scheduler:
             task._held = False
             self.n_active -= 1
             self.n_queued += 1
-            self.queue.appendleft(task)
+            self._push_front(task)
 
     def take_back(self, slot: Slot) -> list[Task[Any]]:
         """Empty the slot (its worker is gone): requeue the unstarted tasks, in order.
@@ -345,7 +289,8 @@ class Scheduler:
         self.n_active -= len(unstarted)
         self.n_queued += len(unstarted)
         # Requeue in their original order, ahead of everything queued after them.
-        self.queue.extendleft(reversed(unstarted))
+        for t in reversed(unstarted):
+            self._push_front(t)
         return running
 
     def assignments(self, now: float) -> Iterator[tuple[Slot, Task[Any]]]:
@@ -355,7 +300,8 @@ class Scheduler:
         behind another, so work spreads over idle workers before any prefetching.
         """
         queue = self.queue
-        while self.free > 0 and queue:
+        levels = self.levels
+        while self.free > 0 and (queue or levels):
             best: Slot | None = None
             for s in self.slots:
                 n = len(s.inflight)
@@ -368,7 +314,7 @@ class Scheduler:
             if best is None:  # free count out of date: recompute, never spin
                 self.free = sum(_room(s) for s in self.slots if s.accepting)
                 return
-            task = queue.popleft()
+            task = self._pop() if levels else queue.popleft()
             if task._state is not _QUEUED or task._held:
                 continue  # settled while queued (lazy removal)
             best.inflight.append(task)
@@ -389,7 +335,7 @@ class Scheduler:
         Only when nothing is queued: an idle slot takes the last unstarted task of a busy
         one, so a long task never holds a prefetched one while a worker sits idle.
         """
-        if self.queue:
+        if self.queue or self.levels:
             return
         idle = [s for s in self.slots if s.accepting and not s.inflight and s.budget != 0]
         if not idle:
@@ -412,11 +358,97 @@ class Scheduler:
 
     # --- tasks ---------------------------------------------------------------------------
 
+    # --- the queues by priority -----------------------------------------------------------
+
+    def _level(self, priority: int) -> collections.deque[Task[Any]]:
+        """The queue of ``priority`` (not 0), made on first use."""
+        level = self.levels.get(priority)
+        if level is None:
+            level = self.levels[priority] = collections.deque()
+            self.level_order = sorted(self.levels, reverse=True)
+        return level
+
+    def _push_front(self, task: Task[Any]) -> None:
+        if task.priority:
+            self._level(task.priority).appendleft(task)
+        else:
+            self.queue.appendleft(task)
+
+    def _pop(self) -> Task[Any]:
+        """The next task by priority (some queue is not empty); empty levels are dropped."""
+        levels = self.levels
+        for p in self.level_order:
+            if p < 0 and self.queue:
+                return self.queue.popleft()
+            level = levels[p]
+            if level:
+                task = level.popleft()
+                if not level:
+                    del levels[p]
+                    self.level_order.remove(p)
+                return task
+            del levels[p]  # (emptied by clear_queue or lazy removal)
+            self.level_order.remove(p)
+            return self._pop() if (levels or self.queue) else self.queue.popleft()
+        return self.queue.popleft()
+
+    def queues(self) -> list[collections.deque[Task[Any]]]:
+        """Every queue, highest priority first."""
+        order = self.level_order
+        levels = self.levels
+        return [levels[p] for p in order if p > 0] + [self.queue] + [levels[p] for p in order if p < 0]
+
+    def clear_queue(self) -> None:
+        """Forget every queued task (their counts were settled already)."""
+        self.queue.clear()
+        self.levels.clear()
+        self.level_order = []
+
+    def requeue(self, task: Task[Any]) -> None:
+        """``task``'s run failed and it runs again: back to the head of its queue.
+
+        Its worker let go of it already (released); its run's times are cleared.
+        """
+        if task._held:
+            task._held = False
+            self.n_active -= 1
+            if task._started_at is not None:
+                self.n_running -= 1
+                self.n_started -= 1  # counted again when the new run starts
+        else:
+            self.n_queued -= 1  # (it was queued: nothing moves)
+        task._state = _QUEUED
+        task._started_at = None
+        task.dispatched_at = None
+        task.finished_at = None
+        task._worker_id = None
+        task.slot = None
+        self.n_queued += 1
+        self._push_front(task)
+
+    def preemptable(self, priority: int) -> list[tuple[Slot, Task[Any]]]:
+        """(slot, task): the unstarted tasks of lower priority than ``priority`` at the end
+        of workers' windows, the last handed first (taking them back lets ``priority``
+        by). Windows fill highest priority first, so only their tails are looked at."""
+        found: list[tuple[Slot, Task[Any]]] = []
+        for slot in self.slots:
+            if not slot.accepting:
+                continue
+            for t in reversed(slot.inflight):
+                if t._state is not _QUEUED or not t._held or t.priority >= priority:
+                    break
+                found.append((slot, t))
+        return found
+
     def add(self, task: Task[Any]) -> bool:
         """Queue a new task; True when it opened a new round."""
         self.n_total += 1
         self.n_queued += 1
-        self.queue.append(task)
+        if task.priority:
+            self.priorities_used = True
+            self._level(task.priority).append(task)
+        else:
+            self.queue.append(task)
         if not self.round_open:
             self.round_open = True
             self.round_no += 1
@@ -468,6 +500,7 @@ class Scheduler:
                     task.finished_at,
                     None if exc is None else describe_error(exc),
                     task.dispatched_at,
+                    1 if task._retry is None else task._retry.attempts,
                 )
             )
         if keep_in_round:
@@ -502,23 +535,43 @@ class Scheduler:
                 finished_at=finished_at,
                 error=error,
                 dispatched_at=dispatched_at,
+                attempts=attempts,
             )
-            for i, meta, state, worker_id, queued_at, started_at, finished_at, error, dispatched_at in self._done
+            for (i, meta, state, worker_id, queued_at, started_at, finished_at, error, dispatched_at, attempts) in (
+                self._done
+            )
         ]
 
     def oldest_queued(self) -> Task[Any] | None:
-        """The task at the head of the queue, dropping settled ones from it (lazy removal)."""
-        queue = self.queue
-        while queue:
-            task = queue[0]
-            if task._state is _QUEUED and not task._held:
-                return task
-            queue.popleft()
-        return None
+        """The longest-waiting task in the pool's queues, dropping settled ones from their
+        heads (lazy removal)."""
+        oldest: Task[Any] | None = None
+        for queue in self.queues() if self.levels else (self.queue,):
+            while queue:
+                task = queue[0]
+                if task._state is _QUEUED and not task._held:
+                    if oldest is None or task.queued_at < oldest.queued_at:
+                        oldest = task
+                    break
+                queue.popleft()
+        return oldest
+
+    def iter_queued(self) -> Iterator[Task[Any]]:
+        """Tasks in the pool's queues (not handed to a worker), in the order they would start."""
+        for queue in self.queues() if self.levels else (self.queue,):
+            for t in queue:
+                if t._state is _QUEUED and not t._held:
+                    yield t
+
+    def iter_queued_by_id(self) -> Iterator[Task[Any]]:
+        """Tasks in the pool's queues in id (= added) order, for paging by id."""
+        queues = self.queues() if self.levels else [self.queue]
+        merged = heapq.merge(*queues, key=_task_id) if len(queues) > 1 else iter(self.queue)
+        return (t for t in merged if t._state is _QUEUED and not t._held)
 
     def queued_tasks(self) -> list[Task[Any]]:
-        """Tasks in the pool's queue (not handed to a worker)."""
-        return [t for t in self.queue if t._state is _QUEUED and not t._held]
+        """Tasks in the pool's queues (not handed to a worker), in the order they would start."""
+        return list(self.iter_queued())
 
     def active_tasks(self) -> list[Task[Any]]:
         """Tasks held by workers: running, or waiting in a worker's window."""

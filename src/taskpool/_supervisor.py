@@ -20,6 +20,7 @@ hears about each transition through :class:`SlotHost`, which it implements.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -33,6 +34,7 @@ from ._restart import Backoff, RestartPolicy
 from ._scheduler import Scheduler, Slot
 from ._types import PoolState, WorkerState
 from ._workers import Worker, WorkerExit, WorkerSpec
+from ._workers._base import INIT_FAILED
 
 if TYPE_CHECKING:
     from ._log import Logger
@@ -74,12 +76,14 @@ def next_step(
     backoff: Backoff,
     ever_up: bool,
     now: float,
+    init_failures: int = 0,
 ) -> Step:
     """What to do with a slot whose worker ended with ``exit``.
 
     ``pool`` is the pool's state, ``stopping`` whether its workers are being stopped,
     ``queued`` whether tasks still wait in its queue, ``ever_up`` whether a worker in
-    this slot ever answered. Updates ``backoff`` for a failure.
+    this slot ever answered, ``init_failures`` how many workers in a row failed their
+    initializer. Updates ``backoff`` for a failure.
     """
     planned = exit.reason in PLANNED
     if stopping:
@@ -95,6 +99,9 @@ def next_step(
         # start() must answer: a worker that cannot come up at all is not retried
         # for ever while the caller waits (after start, the policy's limit rules).
         return Dead(f"failed {backoff.failures} times before answering its handshake")
+    if init_failures >= START_ATTEMPTS:
+        # A failing initializer fails every worker the same way: not retried for ever.
+        return Dead(f"its initializer failed {init_failures} times in a row")
     if delay is None:
         if backoff.exhausted:
             return Dead(f"restart limit {backoff.policy.limit} spent")
@@ -169,20 +176,43 @@ class Supervisor:
 
     # --- running the slots ---------------------------------------------------------------
 
-    async def start_all(self, tg: anyio.abc.TaskGroup) -> None:
+    async def start_all(self, tg: anyio.abc.TaskGroup, *, on_demand: bool = False) -> None:
         """Start a worker in every slot; return once each answered.
+
+        ``on_demand``: start none; the slots wait as ``UNSTARTED`` for :meth:`start_one`.
 
         Raises:
             PoolBroken: a slot's worker failed to start START_ATTEMPTS times (or per the policy).
         """
+        if on_demand:
+            for slot in self.sched.slots:
+                slot.state = WorkerState.UNSTARTED
+            return
         async with anyio.create_task_group() as starting:
             for slot in self.sched.slots:
                 starting.start_soon(_start_in, tg, self._supervise, slot)
 
-    async def _supervise(self, slot: Slot, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Keep a worker in ``slot``: start it, replace it when it ends, per :func:`next_step`."""
+    def start_one(self, tg: anyio.abc.TaskGroup, slot: Slot) -> None:
+        """Start supervising an unstarted slot (workers on demand); a slot that cannot
+        get a worker goes dead through ``slot_dead`` instead of raising."""
+        tg.start_soon(functools.partial(self._supervise, slot, lazy=True))
+
+    async def _supervise(
+        self,
+        slot: Slot,
+        *,
+        lazy: bool = False,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep a worker in ``slot``: start it, replace it when it ends, per :func:`next_step`.
+
+        ``lazy``: started on demand, after the pool's start: a slot that goes dead before
+        its first worker answered does not raise (the pool's start is not waiting).
+        """
         backoff = Backoff(self.restart)
-        reported = False
+        reported = lazy  # (start() waits on no lazy slot)
+        ever_up = False
+        init_failures = 0
         host = self.host
         while True:
             worker = self.backend(host, slot.id, self.spec)  # type: ignore[arg-type]
@@ -192,7 +222,9 @@ class Supervisor:
             slot.state = WorkerState.STARTING
 
             def on_ready(worker: Worker = worker) -> None:
-                nonlocal reported
+                nonlocal reported, init_failures, ever_up
+                init_failures = 0
+                ever_up = True
                 backoff.up(time.monotonic())
                 host.emit_worker("worker.started", worker, attempt=backoff.attempt)
                 host.worker_ready(slot)
@@ -206,6 +238,8 @@ class Supervisor:
                 exit = WorkerExit(failed=True, reason=f"{type(exc).__name__}: {exc}")
             if slot.state is WorkerState.RECYCLING and not exit.failed:
                 exit = WorkerExit(failed=False, reason="recycled", exitcode=exit.exitcode)
+            if exit.reason.startswith(INIT_FAILED):
+                init_failures += 1
             host.worker_ended(slot, worker, exit)
             step = next_step(
                 exit,
@@ -213,8 +247,9 @@ class Supervisor:
                 stopping=host.stopping,
                 queued=host.has_queued,
                 backoff=backoff,
-                ever_up=reported,
+                ever_up=ever_up,
                 now=time.monotonic(),
+                init_failures=init_failures,
             )
             if isinstance(step, Stop):
                 slot.state = WorkerState.EXITED

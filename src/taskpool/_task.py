@@ -15,13 +15,31 @@ from ._errors import TaskCancelled
 from ._types import TaskRecord, TaskState
 from ._waiter import Waiter
 
-__all__ = ["Task", "TaskOwner", "describe_error"]
+__all__ = ["Retry", "Task", "TaskOwner", "describe_error"]
 
 T = TypeVar("T")
 
 _QUEUED = TaskState.QUEUED
 _RUNNING = TaskState.RUNNING
 _FINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class Retry:
+    """A task's retry budget: ``left`` more runs after a failure matching ``on``.
+
+    ``attempts`` counts the runs begun so far; ``waiting`` holds the failure of a run
+    whose worker has not let go of the task yet (a timed-out call being stopped): the
+    task goes back to the queue only once its worker reported it, so a late answer of
+    the old run can never be taken for the new one's.
+    """
+
+    __slots__ = ("attempts", "left", "on", "waiting")
+
+    def __init__(self, left: int, on: tuple[type[BaseException], ...]) -> None:
+        self.left: int = left
+        self.on: tuple[type[BaseException], ...] = on
+        self.attempts: int = 1
+        self.waiting: BaseException | None = None
 
 
 class TaskOwner(Protocol):
@@ -62,6 +80,7 @@ class Task(Generic[T]):
         dispatched_at: when it was handed to a worker, else ``None``.
         started_at: when its worker started it (taken in the worker), else ``None``.
         finished_at: when it settled (taken in the worker when it ran), else ``None``.
+        priority: the ``priority`` it was added with (higher starts first).
     """
 
     # Slots only: a queued task must stay small (1M queued tasks are a benchmark).
@@ -72,6 +91,7 @@ class Task(Generic[T]):
         "_held",
         "_owner",
         "_result",
+        "_retry",
         "_start_callbacks",
         "_started_at",
         "_state",
@@ -84,6 +104,7 @@ class Task(Generic[T]):
         "fn",
         "id",
         "meta",
+        "priority",
         "queued_at",
         "slot",
         "timeout",
@@ -119,6 +140,8 @@ class Task(Generic[T]):
         self._timer: asyncio.TimerHandle | None = None
         self._held = False  # handed to a worker and not settled: counted as active
         self.slot: Any = None  # the pool-internal Slot holding it, if any
+        self.priority: int = 0  # higher starts first among tasks not started yet
+        self._retry: Retry | None = None  # set for tasks added with retries > 0
         # The W3C trace context of its submit span, carried to the worker: set only while
         # the pool is instrumented (taskpool.otel), so a worker pays one None check.
         self._trace: dict[str, str] | None = None
@@ -208,6 +231,11 @@ class Task(Generic[T]):
         return self._owner.cancel_task(self, TaskCancelled(f"task {self.id} was cancelled"))
 
     @property
+    def attempts(self) -> int:
+        """How many times its call was started or tried (1 unless it was retried)."""
+        return 1 if self._retry is None else self._retry.attempts
+
+    @property
     def record(self) -> TaskRecord:
         """An immutable :class:`TaskRecord` of the task as it is now (no result in it)."""
         if self._state is _QUEUED:
@@ -222,6 +250,7 @@ class Task(Generic[T]):
             finished_at=self.finished_at,
             error=describe_error(self._exc),
             dispatched_at=self.dispatched_at,
+            attempts=1 if self._retry is None else self._retry.attempts,
         )
 
     # --- callbacks and awaiting --------------------------------------------------------

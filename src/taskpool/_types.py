@@ -60,6 +60,7 @@ class WorkerState(enum.StrEnum):
     STARTING = "starting"  #: a worker is being started in the slot
     IDLE = "idle"  #: up, holding no task
     BUSY = "busy"  #: up, holding at least one task
+    UNSTARTED = "unstarted"  #: no worker yet (``start_workers="on_demand"``: started when needed)
     RECYCLING = "recycling"  #: finishing its last tasks before a planned replacement
     RESTARTING = "restarting"  #: its worker ended; waiting for the restart delay
     EXITED = "exited"  #: stopped (the pool is closing, or it ended for good cleanly)
@@ -115,6 +116,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None
     error: str | None
     dispatched_at: float | None = None
+    attempts: int = 1  #: runs begun (more than 1 when it was retried)
 
 
 class WorkerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,13 +164,18 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 
 
 class TaskEvent(Event, frozen=True, kw_only=True, tag="task"):
-    """``task.queued`` / ``started`` / ``succeeded`` / ``failed`` / ``cancelled``."""
+    """``task.queued`` / ``started`` / ``retried`` / ``succeeded`` / ``failed`` / ``cancelled``.
+
+    ``task.retried``: the run on ``worker_id`` failed with ``error`` and the task went
+    back to the queue for run number ``attempt``.
+    """
 
     task_id: int
     state: TaskState
     meta: Any = None
     worker_id: int | None = None
     error: str | None = None
+    attempt: int = 1
 
 
 class WorkerEvent(Event, frozen=True, kw_only=True, tag="worker"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
+import logging
 import time
 import types
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._context import TaskContext, attach_trace, current, detach_trace
-from ._base import CancelResult, Capabilities, Worker, WorkerExit, own_traceback
+from ._base import INIT_FAILED, CancelResult, Capabilities, Worker, WorkerExit, own_traceback
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -42,6 +44,15 @@ class InlineWorker(Worker):
         self._abandoned = False
 
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
+        spec = self.spec
+        if spec.initializer is not None:
+            try:
+                result = spec.initializer(*spec.initargs)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                logging.getLogger(spec.init_logger).critical("Exception in initializer:", exc_info=True)
+                return WorkerExit(failed=True, reason=f"{INIT_FAILED}: {type(exc).__name__}: {exc}")
         on_ready()
         try:
             if self.spec.concurrency == 1:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import logging
 import threading
 import time
 import types
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .._context import TaskContext, attach_trace, current, detach_trace
 from .._events import set_if_pending
 from .._loop import new_event_loop
-from ._base import CancelResult, Capabilities, Worker, WorkerExit, own_traceback
+from ._base import INIT_FAILED, CancelResult, Capabilities, Worker, WorkerExit, own_traceback
 
 if TYPE_CHECKING:
     from .._task import Task
@@ -87,7 +88,9 @@ class ThreadWorker(Worker):
         self._ended: asyncio.Future[WorkerExit] | None = None
         self._gone: asyncio.Future[None] | None = None  # the thread has ended
         self._detached = False
-        self._name = f"taskpool-{self.spec.pool_name}-{self.id}"
+        prefix = self.spec.thread_name_prefix
+        self._name = f"{prefix}_{self.id}" if prefix else f"taskpool-{self.spec.pool_name}-{self.id}"
+        self._init: asyncio.Future[str | None] | None = None  # the initializer's outcome
 
     @property
     def thread_name(self) -> str | None:
@@ -105,8 +108,15 @@ class ThreadWorker(Worker):
         self._ended = loop.create_future()
         self._gone = loop.create_future()
         self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+        if self.spec.initializer is not None:
+            self._init = loop.create_future()
         self._thread.start()
         try:
+            if self._init is not None:
+                failure = await self._init
+                if failure is not None:  # the thread ends by itself: see it gone
+                    await asyncio.wait({self._gone}, timeout=THREAD_EXIT_WAIT)
+                    return WorkerExit(failed=True, reason=f"{INIT_FAILED}: {failure}")
             on_ready()  # the inbox takes tasks before the thread looks at it
             exit = await self._ended
             if not self._detached:
@@ -232,7 +242,8 @@ class ThreadWorker(Worker):
 
     def _main(self) -> None:
         try:
-            self._serve()
+            if self._init is None or self._initialize():
+                self._serve()
             exit = WorkerExit(failed=False, reason="stopped")
         except BaseException as exc:  # a bug of ours, or the worker's loop stopped under a task
             exit = WorkerExit(failed=True, reason=f"thread died: {exc!r}")
@@ -253,6 +264,28 @@ class ThreadWorker(Worker):
                 self.host.loop.call_soon_threadsafe(set_if_pending, self._gone)
         except RuntimeError:  # the pool's loop is closed: nobody is listening
             pass
+
+    def _initialize(self) -> bool:
+        """Run the pool's initializer on this thread (a coroutine on this thread's loop,
+        which its tasks then share); tell the pool how it went. False: it failed."""
+        spec = self.spec
+        assert spec.initializer is not None
+        assert self._init is not None
+        failure: str | None = None
+        try:
+            result = spec.initializer(*spec.initargs)
+            if inspect.isawaitable(result):
+                self._wloop = new_event_loop()
+                self._awake = asyncio.Event()
+                self._wloop.run_until_complete(_awaited(result))
+        except BaseException as exc:
+            logging.getLogger(spec.init_logger).critical("Exception in initializer:", exc_info=True)
+            failure = f"{type(exc).__name__}: {exc}"
+        try:
+            self.host.loop.call_soon_threadsafe(_set_init, self._init, failure)
+        except RuntimeError:  # the pool's loop is closed: nobody is listening
+            pass
+        return failure is None
 
     def _report(self, record: tuple[int, Any, Any, Any, float]) -> None:
         """Worker thread -> pool loop, batched: one wake-up per burst of reports."""
@@ -448,6 +481,15 @@ class ThreadWorker(Worker):
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
         self._report((_PUBLISH, topic, data, task_id, 0.0))
+
+
+def _set_init(fut: asyncio.Future[str | None], failure: str | None) -> None:
+    if not fut.done():
+        fut.set_result(failure)
+
+
+async def _awaited(awaitable: Any) -> None:
+    await awaitable
 
 
 def _call(task: Task[Any], stop_asked: set[Task[Any]]) -> tuple[bool, Any]:

@@ -128,7 +128,7 @@ def _records(core: PoolCore, field: str) -> tuple[list[TaskRecord], Iterator[Tas
     nothing: Iterator[TaskRecord] = iter(())
 
     def queued() -> Iterator[TaskRecord]:
-        return (t.record for t in sched.queue if t._state is TaskState.QUEUED and not t._held)
+        return (t.record for t in sched.iter_queued_by_id())
 
     def active() -> list[TaskRecord]:
         return [t.record for s in sched.slots for t in s.inflight if not t.done()]
