@@ -220,7 +220,12 @@ async def test_retry_arguments_are_checked() -> None:
 @pytest.mark.parametrize("ordered", [True, False])
 async def test_map_return_exceptions_yields_failures_in_place(kind: str, chunksize: Any, ordered: bool) -> None:
     async with FunctionPool(2, worker=kind) as pool:
-        out = [v async for v in pool.map(f.fail_on_multiple_of_3, range(10), chunksize=chunksize, ordered=ordered, return_exceptions=True)]
+        out = [
+            v
+            async for v in pool.map(
+                f.fail_on_multiple_of_3, range(10), chunksize=chunksize, ordered=ordered, return_exceptions=True
+            )
+        ]
     if not ordered:
         out.sort(key=lambda v: v if isinstance(v, int) else int(str(v)))
     assert [isinstance(v, ValueError) for v in out] == [i % 3 == 0 for i in range(10)]
@@ -295,16 +300,23 @@ async def test_inline_initializer_runs_once_per_worker() -> None:
 
 async def test_recycled_workers_run_the_initializer_again() -> None:
     _init_log.clear()
-    async with FunctionPool(1, worker="thread", initializer=_record_init, initargs=("r",), max_tasks_per_worker=1) as pool:
+    async with FunctionPool(
+        1, worker="thread", initializer=_record_init, initargs=("r",), max_tasks_per_worker=1
+    ) as pool:
         for i in range(3):
             assert await pool.add_task(f.add, i, 0) == i
     assert len(_init_log) >= 3  # one per worker: each ran one task
 
 
 @pytest.mark.parametrize("kind", ["inline", "thread"])
-async def test_a_failing_initializer_breaks_the_pool_after_three_tries(kind: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_initializer_breaks_the_pool_after_three_tries(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
     pool = FunctionPool(1, worker=kind, initializer=_init_fails, restart=RestartPolicy(delay=0.0))
-    with caplog.at_level("CRITICAL", logger="taskpool"), pytest.raises(PoolBroken, match="initializer failed: ValueError: cannot initialise"):
+    with (
+        caplog.at_level("CRITICAL", logger="taskpool"),
+        pytest.raises(PoolBroken, match="initializer failed: ValueError: cannot initialise"),
+    ):
         await pool.start()
     assert pool.state == "closed"
     logged = [r for r in caplog.records if r.name == "taskpool" and r.getMessage() == "Exception in initializer:"]
@@ -319,7 +331,9 @@ async def test_a_failing_initializer_with_break_breaks_at_once() -> None:
 
 
 async def test_on_demand_initializer_failure_fails_the_queued_tasks() -> None:
-    async with FunctionPool(1, worker="thread", initializer=_init_fails, start_workers="on_demand", restart=RestartPolicy(delay=0.0)) as pool:
+    async with FunctionPool(
+        1, worker="thread", initializer=_init_fails, start_workers="on_demand", restart=RestartPolicy(delay=0.0)
+    ) as pool:
         task = pool.add_task(f.add, 1, 2)
         with pytest.raises(PoolBroken, match="initializer failed"):
             await task

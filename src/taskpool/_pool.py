@@ -378,6 +378,45 @@ class FunctionPool(PoolAttachments):
                 if waiters and (max_queue is None or core.sched.n_waiting < max_queue):
                     core.wake_room()
 
+    @overload
+    def map(
+        self,
+        fn: Callable[[Any], Awaitable[R]] | Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: bool | Progress = ...,
+    ) -> AsyncIterator[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[Any], Awaitable[R]] | Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: Literal[True],
+        progress: bool | Progress = ...,
+    ) -> AsyncIterator[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[Any], Awaitable[R]] | Callable[[Any], R],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        ordered: bool = ...,
+        window: int | None = ...,
+        chunksize: int | Literal["auto"] = ...,
+        return_exceptions: bool,
+        progress: bool | Progress = ...,
+    ) -> AsyncIterator[R | BaseException]: ...
     def map(
         self,
         fn: Callable[[Any], Awaitable[R]] | Callable[[Any], R],
@@ -389,7 +428,7 @@ class FunctionPool(PoolAttachments):
         chunksize: int | Literal["auto"] = "auto",
         return_exceptions: bool = False,
         progress: bool | Progress = False,
-    ) -> AsyncIterator[R | BaseException]:
+    ) -> AsyncIterator[Any]:
         """Run ``fn(item)`` for each item, yielding results in input order (or as they finish).
 
         The input (sync or async iterable) is consumed lazily, with at most ``window``

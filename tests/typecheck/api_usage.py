@@ -141,4 +141,10 @@ async def observability_usage() -> None:
             assert_type(progress.done, int)
         async for value in pool.map(functools.partial(mul, 2), [1, 2], progress=True):
             assert_type(value, int)
+        async for settled in pool.map(functools.partial(mul, 2), [1, 2], return_exceptions=True):
+            assert_type(settled, int | BaseException)
+        retried = pool.add_task(mul, 2, 3, priority=5, retries=2, retry_on=(ValueError,))
+        assert_type(retried, Task[int])
+        assert_type(retried.attempts, int)
+        assert_type(await pool.submit(mul, 1, 1, priority=-1, retries=1), Task[int])
         await server.aclose()

@@ -1,0 +1,188 @@
+"""The drop-in executors (issue 12) against ``concurrent.futures``, in one run.
+
+Each part runs ``--repeat`` times (3 by default), taskpool and the peer alternately, on
+``--workers`` workers (2 by default), each executor warmed up first (its workers started):
+
+- ``roundtrip``: ``executor.submit(noop).result()``, one call at a time, ``--calls`` calls;
+  the median time per call. Peers: ``concurrent.futures.ProcessPoolExecutor`` (the default
+  start method, fork on Linux, and spawn) and ``ThreadPoolExecutor`` for the thread kind.
+  Target: taskpool's process executor <= cf's own (ratio taskpool / cf <= 1).
+- ``map``: ``list(executor.map(noop, range(N)))`` for ``--items`` tiny items (100,000);
+  items per second. taskpool's map with its defaults (``chunksize=1``: items still travel
+  in chunks inside), against cf's ``map(chunksize=1)`` and ``map(chunksize=1000)``.
+  Targets: >= 3x the first, >= 1x the second.
+
+Usage::
+
+    python -m benchmarks.bench_executor                 # everything (about a minute)
+    python -m benchmarks.bench_executor --quick         # CI smoke: small sizes, one repetition
+    python -m benchmarks.bench_executor --parts map --repeat 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in {None, ""}:  # run as a script: python benchmarks/bench_executor.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._workloads import noop
+
+PARTS = ("roundtrip", "map")
+ROUNDTRIP_TARGET = 1.0  # taskpool / cf, at most
+MAP_VS_CHUNK1_TARGET = 3.0  # taskpool / cf map(chunksize=1), at least
+MAP_VS_CHUNK1000_TARGET = 1.0  # taskpool / cf map(chunksize=1000), at least
+
+Factory = Callable[[int], cf.Executor]
+
+
+def _taskpool_process(n: int) -> cf.Executor:
+    from taskpool.executor import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(n)
+
+
+def _taskpool_thread(n: int) -> cf.Executor:
+    from taskpool.executor import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(n)
+
+
+def _cf_process(n: int) -> cf.Executor:
+    return cf.ProcessPoolExecutor(n)
+
+
+def _cf_process_spawn(n: int) -> cf.Executor:
+    return cf.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _cf_thread(n: int) -> cf.Executor:
+    return cf.ThreadPoolExecutor(n)
+
+
+def _warm(ex: cf.Executor, n: int) -> None:
+    """Start every worker (both libraries start them on demand) and prime the path."""
+    for f in [ex.submit(noop) for _ in range(4 * n)]:
+        f.result()
+    list(ex.map(noop, range(2000)))
+
+
+def roundtrip(factory: Factory, workers: int, calls: int) -> float:
+    """Median seconds of one ``submit(noop).result()``."""
+    with factory(workers) as ex:
+        _warm(ex, workers)
+        times = []
+        clock = time.perf_counter
+        for _ in range(calls):
+            t = clock()
+            ex.submit(noop).result()
+            times.append(clock() - t)
+    return statistics.median(times)
+
+
+def map_rate(factory: Factory, workers: int, items: int, chunksize: int) -> float:
+    """Items per second of ``list(ex.map(noop, range(items), chunksize=chunksize))``."""
+    with factory(workers) as ex:
+        _warm(ex, workers)
+        t = time.perf_counter()
+        out = list(ex.map(noop, range(items), chunksize=chunksize))
+        elapsed = time.perf_counter() - t
+    assert len(out) == items
+    return items / elapsed
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI smoke)")
+    parser.add_argument("--json", help="also write the raw numbers here")
+    ns = parser.parse_args(argv)
+    parts = [p for p in ns.parts.split(",") if p]
+    if bad := [p for p in parts if p not in PARTS]:
+        parser.error(f"unknown part(s) {bad}; choose from {PARTS}")
+    repeat, calls, items = (1, 200, 10_000) if ns.quick else (ns.repeat, ns.calls, ns.items)
+    results: dict[str, Any] = {"workers": ns.workers, "repeat": repeat}
+    lines = [f"# Executors vs concurrent.futures ({ns.workers} workers, {repeat} runs)", ""]
+
+    if "roundtrip" in parts:
+        rt: dict[str, list[float]] = {"taskpool process": [], "cf process": [], "cf process (spawn)": []}
+        rt |= {"taskpool thread": [], "cf thread": []}
+        makers = {
+            "taskpool process": _taskpool_process,
+            "cf process": _cf_process,
+            "cf process (spawn)": _cf_process_spawn,
+            "taskpool thread": _taskpool_thread,
+            "cf thread": _cf_thread,
+        }
+        for _ in range(repeat):
+            for name, make in makers.items():
+                rt[name].append(roundtrip(make, ns.workers, calls))
+                print(f"roundtrip {name}: {rt[name][-1] * 1e6:.1f} us", file=sys.stderr)
+        ratios = [a / b for a, b in zip(rt["taskpool process"], rt["cf process"], strict=True)]
+        ratios_spawn = [a / b for a, b in zip(rt["taskpool process"], rt["cf process (spawn)"], strict=True)]
+        thread_ratios = [a / b for a, b in zip(rt["taskpool thread"], rt["cf thread"], strict=True)]
+        results["roundtrip"] = {
+            "seconds": rt,
+            "ratio": ratios,
+            "ratio_spawn": ratios_spawn,
+            "thread_ratio": thread_ratios,
+        }
+        lines += [
+            f"## submit(noop).result(), one at a time ({calls} calls, median)",
+            "",
+            "| executor | per call (µs), each run |",
+            "| --- | --- |",
+            *(f"| {name} | {', '.join(f'{v * 1e6:.1f}' for v in vals)} |" for name, vals in rt.items()),
+            "",
+            f"taskpool process / cf process: {_spread(ratios)} (target <= {ROUNDTRIP_TARGET}); "
+            f"/ cf spawn: {_spread(ratios_spawn)}; taskpool thread / cf thread: {_spread(thread_ratios)}.",
+            "",
+        ]
+
+    if "map" in parts:
+        mp: dict[str, list[float]] = {"taskpool map": [], "cf map(chunksize=1)": [], "cf map(chunksize=1000)": []}
+        for _ in range(repeat):
+            mp["taskpool map"].append(map_rate(_taskpool_process, ns.workers, items, 1))
+            mp["cf map(chunksize=1)"].append(map_rate(_cf_process, ns.workers, items, 1))
+            mp["cf map(chunksize=1000)"].append(map_rate(_cf_process, ns.workers, items, 1000))
+            print("map " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in mp.items()), file=sys.stderr)
+        vs1 = [a / b for a, b in zip(mp["taskpool map"], mp["cf map(chunksize=1)"], strict=True)]
+        vs1000 = [a / b for a, b in zip(mp["taskpool map"], mp["cf map(chunksize=1000)"], strict=True)]
+        results["map"] = {"items_per_second": mp, "vs_chunksize_1": vs1, "vs_chunksize_1000": vs1000}
+        lines += [
+            f"## map(noop, range({items:,})) on process workers",
+            "",
+            "| executor | items/s, each run |",
+            "| --- | --- |",
+            *(f"| {name} | {', '.join(f'{v:,.0f}' for v in vals)} |" for name, vals in mp.items()),
+            "",
+            f"taskpool / cf map(chunksize=1): {_spread(vs1)}x (target >= {MAP_VS_CHUNK1_TARGET}); "
+            f"/ cf map(chunksize=1000): {_spread(vs1000)}x (target >= {MAP_VS_CHUNK1000_TARGET}).",
+            "",
+        ]
+
+    print("\n".join(lines))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
