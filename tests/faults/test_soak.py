@@ -63,12 +63,15 @@ def make_plan(rng: random.Random) -> list[tuple[Any, str, float | None, str]]:
     return plan
 
 
-@pytest.mark.parametrize("intake", ["submit", "add_task"])
+@pytest.mark.parametrize("intake", ["submit", "add_task", "retries"])
 async def test_soak(intake: str) -> None:
     """``submit`` against ``max_queue`` (every start reported as it happens), or
-    ``add_task`` with no bound (starts told through the control block and the answers)."""
+    ``add_task`` with no bound (starts told through the control block and the answers),
+    or ``add_task`` with random priorities and one retry for every task (a crash or a
+    hang happens again on the retry: same outcome, two attempts)."""
     rng = random.Random(SEED)
     plan = make_plan(rng)
+    prio = random.Random(SEED + 1)
     tasks: list[Task[Any]] = []
     done_calls: collections.Counter[int] = collections.Counter()
     cancelled: dict[int, bool] = {}  # index -> what cancel() returned
@@ -102,7 +105,9 @@ async def test_soak(intake: str) -> None:
             "task.succeeded", "task.failed", "task.cancelled", "pool.hook_error", maxsize=4 * N
         ) as sub:
             for i, (fn, what, timeout, cancel) in enumerate(plan):
-                if max_queue is None:
+                if intake == "retries":
+                    task = pool.add_task(fn, what, i, meta=i, timeout=timeout, priority=prio.randint(-2, 2), retries=1)
+                elif max_queue is None:
                     task = pool.add_task(fn, what, i, meta=i, timeout=timeout)
                 else:
                     task = await pool.submit(fn, what, i, meta=i, timeout=timeout)
@@ -143,6 +148,8 @@ async def test_soak(intake: str) -> None:
             continue
         else:
             expected = {"raise": ValueError, "crash": WorkerCrashed, "hang": TaskTimeout}[what]
+            if intake == "retries" and what in ("crash", "hang"):
+                assert task.attempts == 2, (i, what, task.attempts)  # retried once, failed again
         assert type(outcome) is expected, (i, what, cancelled.get(i), outcome)
         by_outcome[expected.__name__] += 1
 
