@@ -65,8 +65,10 @@ from taskpool._wire import (
     Cancel,
     Error,
     Hello,
+    InitFailed,
     Loading,
     Publish,
+    Ready,
     Result,
     Started,
     ToChild,
@@ -157,6 +159,17 @@ class CallServer(FrameProtocol[ToChild]):
         self._fd = sock.fileno() if sock is not None else -1
         if self.hello is not None:
             self.send(self.hello)
+
+    def initialized(self, failure: str | None) -> None:
+        """Tell the pool the worker's initializer returned (``Ready``: calls may come) or
+        failed (``InitFailed(failure)``; the channel then closes and the worker exits)."""
+        if self.lost:
+            return
+        if failure is None:
+            self.send(Ready(), now=True)
+        else:
+            self.send(InitFailed(failure), now=True)
+            self._close()
 
     # -- receiving
     def get_buffer(self, sizehint: int) -> memoryview:

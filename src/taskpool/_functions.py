@@ -4,7 +4,8 @@ A function goes by reference (:class:`FnRef`: module + qualname) when looking th
 up in an importable module gives back the very same object (bound methods of
 module-level objects too, compared by value); anything else (lambdas, closures, local
 functions, ``__main__``, ``functools.partial``) goes by value (:class:`FnValue`: pickle,
-or cloudpickle when plain pickle refuses). The parent gives every distinct function a
+or cloudpickle when plain pickle refuses; in a multiprocessing spawning context, so a
+``partial`` may hold a spawn-context lock: see :mod:`taskpool._mppickle`). The parent gives every distinct function a
 small integer id (:class:`FunctionTable`); the first ``Call`` of an id to a worker
 carries the definition, later ones only the id. Each worker remembers at most
 ``capacity`` ids; the parent evicts least recently used ones and tells the worker in
@@ -27,6 +28,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 
 from taskpool._errors import SerializationError
 from taskpool._frames import Message
+from taskpool._mppickle import dumps
 
 __all__ = [
     "FnDef",
@@ -165,20 +167,13 @@ def define_function(fn: Callable[..., Any]) -> FnDef:
         for name in (getattr(fn, "__qualname__", None), getattr(fn, "__name__", None)):
             if isinstance(name, str) and "<" not in name and _same(_lookup(module, name), fn):
                 return FnRef(module, name)
-    # Plain pickle first: a functools.partial of an importable function (what keyword
-    # arguments become) pickles in ~1 us there, ~10 us with cloudpickle.
+    # Plain pickle first (taskpool._mppickle): a functools.partial of an importable function
+    # (what keyword arguments become) pickles in ~1 us there, ~10 us with cloudpickle.
     try:
-        stream = pickle.dumps(fn, 5)
-    except Exception:
-        stream = None  # a lambda, a local function, ...: cloudpickle below
-    if stream is not None and b"__main__" not in stream:
-        return FnValue(stream)
-    import cloudpickle  # lazily: ~10 ms to import
-
-    try:
-        return FnValue(cloudpickle.dumps(fn, 5))
+        return FnValue(dumps(fn))
     except Exception as exc:
-        raise SerializationError(f"cannot send function {fn!r}: {type(exc).__name__}: {exc}") from exc
+        why = str(exc) if type(exc) is SerializationError else f"{type(exc).__name__}: {exc}"
+        raise SerializationError(f"cannot send function {fn!r}: {why}") from exc
 
 
 def _same(found: Any, fn: Any) -> bool:

@@ -16,7 +16,10 @@ What :func:`spawn_child` does::
   it before importing taskpool, so the child imports exactly what the parent would. The
   rest of the environment and the working directory are the parent's (``child_env``,
   ``cwd``); interpreter flags (``-O``, ``-X dev``, ``-W ...``) are passed on too.
-- The channel fd is inherited (``pass_fds``); ``--ppid`` is the parent's pid.
+- The channel fd is inherited (``pass_fds``); ``--ppid`` is the parent's pid. So are
+  the control block (``--control-fd``), the worker's setup (``--setup-fd``: the
+  authentication key, the initializer; see ``_init``) and the fds its initializer's
+  arguments need, under the numbers they have here.
 - Lifetime: on Linux the child asks for SIGKILL when its parent dies
   (``PR_SET_PDEATHSIG``; note that Linux delivers it when the parent *thread* that
   spawned the child exits, so spawn from the thread running the pool's loop) and exits
@@ -71,12 +74,14 @@ def child_command(
     concurrency: int = 1,
     max_message: int | None = None,
     control_fd: int | None = None,
+    setup_fd: int | None = None,
 ) -> list[str]:
     """The argv that starts a worker serving on inherited fd ``fd``.
 
     ``loop`` is ``"auto"`` (uvloop when importable), ``"uvloop"`` or ``"asyncio"``;
     ``max_message`` is the largest message the parent accepts (None: no bound);
-    ``control_fd`` an inherited fd of the pool's control counter (see ``_control``).
+    ``control_fd`` an inherited fd of the pool's control counter (see ``_control``);
+    ``setup_fd`` an inherited fd of the worker's setup (see ``_init``).
     Raises ValueError for another ``loop``.
     """
     if loop not in ("auto", "uvloop", "asyncio"):
@@ -88,6 +93,8 @@ def child_command(
         options += ["--max-message", str(max_message)]
     if control_fd is not None:
         options += ["--control-fd", str(control_fd)]
+    if setup_fd is not None:
+        options += ["--setup-fd", str(setup_fd)]
     return [executable or sys.executable, *flags, "-c", _BOOTSTRAP, *options]
 
 
@@ -110,6 +117,8 @@ async def spawn_child(
     concurrency: int = 1,
     max_message: int | None = None,
     control_fd: int | None = None,
+    setup_fd: int | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> tuple[asyncio.subprocess.Process, P]:
     """Start a worker and connect ``protocol_factory()`` to its channel.
 
@@ -117,16 +126,24 @@ async def spawn_child(
     connected protocol; the worker's first frame will be :class:`~taskpool._wire.Hello`.
     ``max_message``: the largest message the worker may send (it refuses bigger ones
     with a SerializationError); ``control_fd``: the shared control counter's fd, inherited
-    by the worker. On failure nothing is left running; raises what spawning
+    by the worker; ``setup_fd``: its setup (``_init.write_setup``); ``pass_fds``: more
+    fds it inherits, under the same numbers (what its initializer's arguments need).
+    On failure nothing is left running; raises what spawning
     or connecting raised (OSError when the interpreter cannot be started).
     """
     parent_sock, child_sock = socket.socketpair()
+    inherited = [child_sock.fileno(), *(fd for fd in (control_fd, setup_fd) if fd is not None), *pass_fds]
     try:
         proc = await asyncio.create_subprocess_exec(
             *child_command(
-                child_sock.fileno(), loop=loop, concurrency=concurrency, max_message=max_message, control_fd=control_fd
+                child_sock.fileno(),
+                loop=loop,
+                concurrency=concurrency,
+                max_message=max_message,
+                control_fd=control_fd,
+                setup_fd=setup_fd,
             ),
-            pass_fds=(child_sock.fileno(),) if control_fd is None else (child_sock.fileno(), control_fd),
+            pass_fds=inherited,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

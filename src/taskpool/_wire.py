@@ -17,6 +17,7 @@ to decode)::
 
     parent                                           child
       |  <------------- Hello(pid, python, uvloop) ---  |  handshake, once
+      |  <---------------- Ready() | InitFailed(why) ---  |  after the initializer (if any)
       |  --- Call(id, fn, args [, define, drop]) ----->  |  queued, run in arrival order
       |  --- Call(id2, ...) -------------------------->  |  (the parent pipelines a window)
       |  <-------------------------- Loading(id, at) ---  |  loading its function (first call)
@@ -71,6 +72,7 @@ from taskpool._functions import (
     is_async_callable,
     load_function,
 )
+from taskpool._mppickle import dumps, wrap
 
 __all__ = [
     "ERR_CANCELLED",
@@ -88,8 +90,10 @@ __all__ = [
     "Cancel",
     "Error",
     "Hello",
+    "InitFailed",
     "Loading",
     "Publish",
+    "Ready",
     "Result",
     "Shutdown",
     "Started",
@@ -276,12 +280,22 @@ class Answers(Message, tag=26):
     items: list[Result | Error]
 
 
+class Ready(Message, tag=27):
+    """The worker's initializer returned: it takes calls now (sent only when it has one)."""
+
+
+class InitFailed(Message, tag=28):
+    """The worker's initializer raised ``reason`` (``"Type: message"``); the worker exits."""
+
+    reason: str
+
+
 #: How an ``Answers`` message starts on the wire: a 2-element array, the tag, then an
 #: array32 header whose count FrameWriter.add_item keeps up to date.
 ANSWERS_HEAD: Final = b"\x92\x1a\xdd"
 
 ToChild: TypeAlias = Call | TracedCall | Calls | Cancel | Shutdown
-ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish | Answers
+ToParent: TypeAlias = Hello | Loading | Started | Result | Error | Publish | Answers | Ready | InitFailed
 
 
 def child_parser(*, max_message: int = NO_LIMIT) -> FrameParser[ToChild]:
@@ -339,97 +353,16 @@ def _plain_tuple(t: tuple[Any, ...]) -> bool:
     return True
 
 
-class _BigBytes:
-    """Pickles a top-level ``bytes`` out of band (pickle keeps bytes in-band)."""
-
-    __slots__ = ("b",)
-
-    def __init__(self, b: bytes) -> None:
-        self.b = b
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        return (bytes, (pickle.PickleBuffer(self.b),))
-
-
-class _BigByteArray:
-    """Pickles a top-level ``bytearray`` out of band (pickle keeps those in-band too)."""
-
-    __slots__ = ("b",)
-
-    def __init__(self, b: bytearray) -> None:
-        self.b = b
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        return (_rebuild_bytearray, (pickle.PickleBuffer(self.b),))
-
-
-def _rebuild_bytearray(buf: Any) -> bytearray:
-    # The receiver's segment is a fresh bytearray nobody else holds: no copy needed.
-    return buf if type(buf) is bytearray else bytearray(buf)
-
-
-class _View:
-    """Pickles a top-level ``memoryview`` (not picklable at all) out of band."""
-
-    __slots__ = ("v",)
-
-    def __init__(self, v: memoryview) -> None:
-        self.v = v
-
-    def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
-        v = self.v
-        data: Any = pickle.PickleBuffer(v) if v.c_contiguous else v.tobytes()
-        return (_rebuild_view, (data, v.format, v.shape))
-
-
-def _rebuild_view(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
-    v = memoryview(buf)
-    if v.format != "B" or v.ndim != 1:
-        v = v.cast("B")
-    return v if (fmt == "B" and len(shape) == 1) else v.cast(fmt, shape)  # type: ignore[call-overload]
-
-
-def _wrap(x: Any) -> Any:
-    t = type(x)
-    if t is bytes and len(x) >= LARGE:
-        return _BigBytes(x)
-    if t is bytearray and len(x) >= LARGE:
-        return _BigByteArray(x)
-    if t is memoryview:
-        return _View(x)
-    return x
-
-
 def _pickle(obj: Any, *, for_child: bool) -> tuple[bytes, list[Buffer]]:
-    """Pickle (protocol 5, large buffers out of band); cloudpickle when plain pickle
-    refuses, or when a stream made in the parent names ``__main__`` (the child cannot
-    import the parent's main script, cloudpickle sends such classes by value)."""
+    """Pickle (see :func:`taskpool._mppickle.dumps`); with ``for_child``, a stream that
+    names ``__main__`` is made again by cloudpickle (the child cannot import it)."""
     bufs: list[Buffer] = []
-
-    def callback(pb: pickle.PickleBuffer) -> bool:
-        try:
-            raw = pb.raw()
-        except BufferError:
-            return True  # non-contiguous: in-band
-        if raw.nbytes < LARGE:
-            return True
-        bufs.append(raw)
-        return False
-
-    try:
-        stream = pickle.dumps(obj, 5, buffer_callback=callback)
-    except Exception:
-        stream = None  # e.g. a lambda inside: cloudpickle below
-    if stream is not None and not (for_child and b"__main__" in stream):
-        return stream, bufs
-    bufs.clear()
-    import cloudpickle  # ~10 ms to import, rarely needed in the worker
-
-    stream = cloudpickle.dumps(obj, 5, buffer_callback=callback)
-    return stream, bufs
+    return dumps(obj, bufs=bufs, main_by_value=for_child), bufs
 
 
 def _describe(exc: BaseException) -> str:
+    if type(exc) is SerializationError:  # ours (see taskpool._mp): it says what cannot cross
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -451,13 +384,13 @@ def dump_value(value: Any, *, for_child: bool = False) -> tuple[int, Any, list[B
     if type(value) is tuple:
         if _plain_tuple(value):
             return FMT_TUPLE, value, []
-        return _pickled_payload(tuple(map(_wrap, value)), for_child=for_child)
+        return _pickled_payload(tuple(map(wrap, value)), for_child=for_child)
     try:
         if _plain(value, _PLAIN_BUDGET) >= 0:
             return FMT_VALUE, value, []
     except RecursionError:
         pass
-    return _pickled_payload(_wrap(value), for_child=for_child)
+    return _pickled_payload(wrap(value), for_child=for_child)
 
 
 def dump_payload(value: Any, what: str, *, for_child: bool = False) -> tuple[int, Any, list[Buffer]]:
@@ -477,7 +410,7 @@ def dump_args(args: tuple[Any, ...], fn_name: str = "the function") -> tuple[int
     if _plain_tuple(args):
         return FMT_TUPLE, args, []
     try:
-        return _pickled_payload(tuple(map(_wrap, args)), for_child=True)
+        return _pickled_payload(tuple(map(wrap, args)), for_child=True)
     except Exception as exc:
         culprit = _find_unpicklable(args)
         if culprit is None:
@@ -491,7 +424,7 @@ def dump_args(args: tuple[Any, ...], fn_name: str = "the function") -> tuple[int
 def _find_unpicklable(args: tuple[Any, ...]) -> tuple[int, BaseException] | None:
     for i, a in enumerate(args):
         try:
-            _pickle(_wrap(a), for_child=True)
+            _pickle(wrap(a), for_child=True)
         except Exception as exc:
             return i, exc
     return None

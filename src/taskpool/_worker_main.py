@@ -1,7 +1,9 @@
 """The worker process's entry point: set up the process, serve one channel, exit.
 
 Spawned by :mod:`taskpool._spawn` (``python -c "from taskpool._worker_main import main;
-main()" --fd N ...``); the serving itself is :class:`taskpool._child.CallServer`.
+main()" --fd N ...``); the serving itself is :class:`taskpool._child.CallServer`. Its setup
+(``--setup-fd``: the pool's authentication key, adopted first; the initializer, run after
+the handshake and before any call) is :mod:`taskpool._init`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from taskpool._child import CallServer
 from taskpool._context import current
 from taskpool._control import ControlBlock
 from taskpool._frames import NO_LIMIT
+from taskpool._init import Setup, initialize, read_setup
 from taskpool._loop import loop_factory
 from taskpool._wire import Hello
 
@@ -48,6 +51,7 @@ async def _serve(
     concurrency: int = 1,
     max_message: int = NO_LIMIT,
     control: ControlBlock | None = None,
+    setup: Setup | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     hello = Hello(os.getpid(), platform.python_version(), uses_uvloop)
@@ -55,6 +59,16 @@ async def _serve(
     current.set(server.shared_context)  # the transport's callbacks copy this context
     await loop.connect_accepted_socket(lambda: server, sock)
     assert server.closed is not None
+    if setup is not None and setup.init is not None:
+        # After Hello (the pool knows we are up; the initializer has no deadline), before
+        # any call: the pool sends none until Ready. Hello is written first: a plain
+        # initializer blocks the loop.
+        server.flush()
+        failure = await initialize(setup, server.closed)
+        server.initialized(failure)
+        if failure is not None:
+            await server.closed
+            return 1  # through the normal exit: atexit hooks, multiprocessing finalizers
     await server.closed
     return 0
 
@@ -80,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--max-message", type=int, default=NO_LIMIT)
     parser.add_argument("--control-fd", type=int, default=None)
+    parser.add_argument("--setup-fd", type=int, default=None)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     _die_with_parent(args.ppid)
+    # The pool's authentication key first: before any user code (see taskpool._init).
+    setup = None if args.setup_fd is None else read_setup(args.setup_fd)
     from taskpool._memory import tune_worker  # large payloads: keep their memory warm
 
     tune_worker()
@@ -101,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if args.control_fd is not None:
             control = ControlBlock(args.control_fd)
             control.close_fd()  # the mapping is what we read
-        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit, control))
+        code = loop.run_until_complete(_serve(sock, uses_uvloop, max(1, args.concurrency), limit, control, setup))
         _cancel_leftovers(loop)
     finally:
         _exit(code)

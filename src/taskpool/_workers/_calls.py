@@ -17,12 +17,16 @@
   block's journal once it is dead: a call that returned is never lost nor run again.
 - **Liveness.** A worker holding calls and running none must answer within
   :data:`START_DEADLINE` seconds (see :meth:`_watch`).
+
+:class:`Channel` is the parent's end of the worker's socket: it hands each message to
+the worker (``_on_message``), and reads what a dying worker wrote before it died.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import select
 import time
 from typing import TYPE_CHECKING, Any
@@ -37,7 +41,7 @@ from ._base import Worker
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["START_DEADLINE", "START_POLL", "ProcessCalls"]
+__all__ = ["START_DEADLINE", "START_POLL", "Channel", "ProcessCalls"]
 
 #: Seconds a worker that runs nothing has to answer (any frame) once a call was handed to
 #: it; silent longer, it is deemed frozen (e.g. SIGSTOPped) and killed.
@@ -293,3 +297,72 @@ def _readable(channel: FrameProtocol[Any]) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     return bool(poller.poll(0))
+
+
+class Channel(FrameProtocol[_wire.ToParent]):
+    """The parent's end of one worker's channel: dispatches messages to the worker."""
+
+    def __init__(self, worker: ProcessCalls) -> None:
+        super().__init__(_wire.parent_parser(max_message=worker.spec.max_message_size))
+        self.worker = worker
+        self._rest_fd = -1  # our own copy of the socket's fd: see connection_lost
+        self._broken = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._rest_fd = os.dup(sock.fileno())
+            os.set_blocking(self._rest_fd, False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel is gone. After an error (a write to a worker that just died fails),
+        the transport reads nothing more: what the worker wrote before dying, answers
+        included, still waits in the socket, read here from our own copy of its fd (the
+        transport may have closed its own already)."""
+        fd, self._rest_fd = self._rest_fd, -1
+        try:
+            while exc is not None and fd >= 0 and not self._broken:
+                buf = self.parser.get_buffer(-1)
+                try:
+                    n = os.readv(fd, [buf])
+                except OSError:  # nothing more (EAGAIN), or the socket is gone
+                    n = 0
+                finally:
+                    buf.release()
+                if n <= 0:
+                    break
+                self.buffer_updated(n)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            super().connection_lost(exc)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        w = self.worker
+        w._heard = True  # any byte from the worker proves it alive (see _watch)
+        host = w.host
+        try:
+            messages = self.parser.buffer_updated(nbytes)
+        except WireError as exc:
+            # What came before the bad frame is sound: a Started there decides that its
+            # call crashed here rather than being requeued to break the next worker too.
+            host.batch_begin()
+            try:
+                for msg in exc.messages:
+                    w._on_message(msg)
+                w._kill_for(f"channel broken: {exc}")
+                self._broken = True
+                if self.transport is not None:
+                    self.transport.abort()  # nothing after a bad frame can be trusted
+            finally:
+                host.batch_done()
+            return
+        if messages:
+            # Awaiters of what this batch settles resume at its end, this iteration.
+            host.batch_begin()
+            try:
+                for msg in messages:
+                    w._on_message(msg)
+            finally:
+                host.batch_done()

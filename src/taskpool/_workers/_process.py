@@ -9,7 +9,7 @@ Parent side of the channel (the child side is :mod:`taskpool._child`, the messag
        └─ Call(id, fn, args, report): to an idle worker at once; to a busy one in a
           Calls frame per loop iteration ══ socketpair ══► queue ─► run fn(*args)
     control block (shared memory) ◄────── call N began at t; answers not written yet
-    _Channel.buffer_updated ◄── Answers / Loading / Started / Publish (one write a burst)
+    Channel.buffer_updated ◄── Answers / Loading / Started / Publish (one write a burst)
        └─ host.batch_begin(); task_finished (with the child's times, the start told
           late) / task_started / worker_publish; host.batch_done(): more work, and the
           awaiters resumed
@@ -17,6 +17,13 @@ Parent side of the channel (the child side is :mod:`taskpool._child`, the messag
     stdout / stderr pipes ──► chunks ──► lines ──► host.worker_log (the logger and/or
                                         worker.log events), and the file under log_dir
                          (worker_output="inherit": chunks ──► our sys.stdout / sys.stderr)
+
+Starting: the worker is spawned with its setup (:mod:`taskpool._init`: the pool's
+multiprocessing authentication key; the initializer and ``initargs``, pickled now, in a
+spawning context, with the fds they need inherited). It must answer ``Hello`` within
+``START_TIMEOUT``; with an initializer it is ready only at ``Ready``, however long that
+takes, and ``InitFailed`` (or dying first) ends ``run`` with a reason that starts with
+``INIT_FAILED``, ``on_ready`` never called.
 
 Stopping work for real: ``cancel`` sends ``Cancel(id)``; an async call is cancelled in
 the child. A sync call cannot be interrupted, so its worker is killed at once (and an
@@ -47,14 +54,14 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from .. import _wire
-from .._channel import FrameProtocol
 from .._control import ControlBlock
 from .._errors import SerializationError
 from .._frames import WireError
 from .._functions import FunctionTable
+from .._init import write_setup
 from .._spawn import read_lines, spawn_child
-from ._base import CancelResult, Capabilities, WorkerExit, log_path
-from ._calls import START_DEADLINE, START_POLL, ProcessCalls
+from ._base import INIT_FAILED, CancelResult, Capabilities, WorkerExit, log_path
+from ._calls import START_DEADLINE, START_POLL, Channel, ProcessCalls
 from ._output import pass_through
 
 if TYPE_CHECKING:
@@ -71,75 +78,6 @@ STOP_GRACE = 5.0
 #: Seconds to read, after a worker died, what it wrote before dying (EOF normally comes at
 #: once; a process it forked may hold the socket open, and then it never comes).
 DRAIN_TIMEOUT = 1.0
-
-
-class _Channel(FrameProtocol[_wire.ToParent]):
-    """The parent's end of one worker's channel: dispatches messages to the worker."""
-
-    def __init__(self, worker: ProcessWorker) -> None:
-        super().__init__(_wire.parent_parser(max_message=worker.spec.max_message_size))
-        self.worker = worker
-        self._rest_fd = -1  # our own copy of the socket's fd: see connection_lost
-        self._broken = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            self._rest_fd = os.dup(sock.fileno())
-            os.set_blocking(self._rest_fd, False)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The channel is gone. After an error (a write to a worker that just died fails),
-        the transport reads nothing more: what the worker wrote before dying, answers
-        included, still waits in the socket, read here from our own copy of its fd (the
-        transport may have closed its own already)."""
-        fd, self._rest_fd = self._rest_fd, -1
-        try:
-            while exc is not None and fd >= 0 and not self._broken:
-                buf = self.parser.get_buffer(-1)
-                try:
-                    n = os.readv(fd, [buf])
-                except OSError:  # nothing more (EAGAIN), or the socket is gone
-                    n = 0
-                finally:
-                    buf.release()
-                if n <= 0:
-                    break
-                self.buffer_updated(n)
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            super().connection_lost(exc)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        w = self.worker
-        w._heard = True  # any byte from the worker proves it alive (see _watch)
-        host = w.host
-        try:
-            messages = self.parser.buffer_updated(nbytes)
-        except WireError as exc:
-            # What came before the bad frame is sound: a Started there decides that its
-            # call crashed here rather than being requeued to break the next worker too.
-            host.batch_begin()
-            try:
-                for msg in exc.messages:
-                    w._on_message(msg)
-                w._kill_for(f"channel broken: {exc}")
-                self._broken = True
-                if self.transport is not None:
-                    self.transport.abort()  # nothing after a bad frame can be trusted
-            finally:
-                host.batch_done()
-            return
-        if messages:
-            # Awaiters of what this batch settles resume at its end, this iteration.
-            host.batch_begin()
-            try:
-                for msg in messages:
-                    w._on_message(msg)
-            finally:
-                host.batch_done()
 
 
 class ProcessWorker(ProcessCalls):
@@ -164,6 +102,8 @@ class ProcessWorker(ProcessCalls):
         self._table = FunctionTable()
         self._async_fns: dict[int, bool] = {}  # function id (as the table holds it) -> async
         self._hello: asyncio.Future[_wire.Hello] | None = None
+        # With an initializer: None once it returned (Ready), else why it failed.
+        self._init: asyncio.Future[str | None] | None = None
         self._stopping = False
         self._retired = False
         self._pid: int | None = None
@@ -180,13 +120,27 @@ class ProcessWorker(ProcessCalls):
     async def run(self, on_ready: Callable[[], None]) -> WorkerExit:
         loop = self.host.loop
         self._hello = loop.create_future()
+        spec = self.spec
+        try:
+            # At spawn time: the initializer's arguments may hold multiprocessing objects
+            # that only a process being spawned can receive (see taskpool._init).
+            setup = write_setup(spec.initializer, spec.initargs, spec.init_logger)
+        except BaseException as exc:
+            self._end_timers()
+            if isinstance(exc, SerializationError):
+                return WorkerExit(failed=True, reason=f"{INIT_FAILED}: SerializationError: {exc}")
+            raise
+        if spec.initializer is not None:
+            self._init = loop.create_future()
         control = self._control = ControlBlock.create()
         try:
             proc, channel = await spawn_child(
-                functools.partial(_Channel, self),
-                concurrency=self.spec.concurrency,
-                max_message=self.spec.max_message_size,
+                functools.partial(Channel, self),
+                concurrency=spec.concurrency,
+                max_message=spec.max_message_size,
                 control_fd=control.fd if control is not None else None,
+                setup_fd=setup.fd,
+                pass_fds=setup.fds,
             )
         except BaseException:
             self._end_timers()
@@ -194,6 +148,7 @@ class ProcessWorker(ProcessCalls):
                 control.close()
             raise
         finally:
+            setup.close()
             if control is not None:
                 control.close_fd()  # the worker has its own copy; the mapping stays
         self._proc, self._channel = proc, channel
@@ -210,24 +165,15 @@ class ProcessWorker(ProcessCalls):
                 tg.start_soon(self._read_lines, proc.stdout, "stdout")
                 tg.start_soon(self._read_lines, proc.stderr, "stderr")
                 with anyio.fail_after(START_TIMEOUT):
-                    answered = await self._handshake(channel)
-                if not answered:
-                    # It closed the channel first: stopped before it was up (a Shutdown
-                    # sent while it started), or it could not start. Its exit says which.
-                    with anyio.move_on_after(STOP_GRACE):
-                        await proc.wait()
-                    if proc.returncode is None:
-                        self.kill()
-                        await proc.wait()
-                    info = self._exit_info(proc.returncode)
-                    if not info.failed:
-                        return info
-                    return WorkerExit(
-                        failed=True,
-                        reason=f"{info.reason} before its handshake",
-                        exitcode=info.exitcode,
-                        signal=info.signal,
-                    )
+                    answered = await self._handshake(channel, self._hello)
+                failure = None
+                if answered and self._init is not None:
+                    # Its initializer runs now, with no deadline (it may load a model
+                    # for minutes); the worker is not ready before it returned.
+                    answered = await self._handshake(channel, self._init)
+                    failure = self._init.result() if answered else None
+                if not answered or failure is not None:
+                    return await self._unready(proc, failure, initializing=self._hello.done())
                 on_ready()
                 self._watch()  # the liveness watchdog, from now until the worker ends
                 await proc.wait()
@@ -278,7 +224,7 @@ class ProcessWorker(ProcessCalls):
             self._batch_handle = None
 
     @staticmethod
-    async def _drain(channel: _Channel) -> None:
+    async def _drain(channel: Channel) -> None:
         # The process exit and the channel's last frames arrive by different routes, in
         # no set order. Read to EOF first: a Loading or Started still in the socket
         # decides whether the call it names crashed (WorkerCrashed) or never began
@@ -295,13 +241,35 @@ class ProcessWorker(ProcessCalls):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         return open(path, "a", encoding="utf-8", buffering=1)  # closed by run()
 
-    async def _handshake(self, channel: _Channel) -> bool:
-        """Wait for ``Hello``; False when the channel closed first."""
-        assert self._hello is not None
+    @staticmethod
+    async def _handshake(channel: Channel, answer: asyncio.Future[Any]) -> bool:
+        """Wait for ``answer`` (``Hello``, then ``Ready`` or ``InitFailed``); False when
+        the channel closed first."""
         assert channel.closed is not None
-        waiting: set[asyncio.Future[Any]] = {self._hello, channel.closed}
+        waiting: set[asyncio.Future[Any]] = {answer, channel.closed}
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        return self._hello in done
+        return answer in done
+
+    async def _unready(self, proc: asyncio.subprocess.Process, failure: str | None, initializing: bool) -> WorkerExit:
+        """The worker ends before it was ready: its initializer raised ``failure``, or it
+        closed the channel first (stopped while it started, could not start, or died in
+        its initializer). Wait for its exit (killed after STOP_GRACE: a multiprocessing
+        queue's feeder may block it) and say why."""
+        with anyio.move_on_after(STOP_GRACE):
+            await proc.wait()
+        if proc.returncode is None:
+            self.kill()
+            await proc.wait()
+        info = self._exit_info(proc.returncode)
+        if failure is not None:
+            reason = f"{INIT_FAILED}: {failure}"
+        elif not info.failed:
+            return info
+        elif initializing and not self._killed:  # it died in its initializer
+            reason = f"{INIT_FAILED}: worker {info.reason}"
+        else:
+            reason = f"{info.reason} {'while initializing' if initializing else 'before its handshake'}"
+        return WorkerExit(failed=True, reason=reason, exitcode=info.exitcode, signal=info.signal)
 
     def _exit_info(self, rc: int | None) -> WorkerExit:
         if self._retired:
@@ -389,6 +357,8 @@ class ProcessWorker(ProcessCalls):
             host.worker_publish(self, msg.topic, data, msg.task_id)
         elif type(msg) is _wire.Hello and self._hello is not None and not self._hello.done():
             self._hello.set_result(msg)
+        elif (type(msg) is _wire.Ready or type(msg) is _wire.InitFailed) and self._init and not self._init.done():
+            self._init.set_result(msg.reason if isinstance(msg, _wire.InitFailed) else None)
 
     def _begin(self, call_id: int, loading: bool = False) -> Task[Any] | None:
         """Call ``call_id`` began in the worker (``loading`` its function, or Started
