@@ -41,6 +41,7 @@ def step(
     queued: bool = False,
     ever_up: bool = True,
     now: float = 100.0,
+    init_failures: int = 0,
 ) -> Step:
     return next_step(
         exit,
@@ -50,6 +51,7 @@ def step(
         backoff=backoff if backoff is not None else Backoff(RestartPolicy()),
         ever_up=ever_up,
         now=now,
+        init_failures=init_failures,
     )
 
 
@@ -221,6 +223,17 @@ def test_the_start_attempts_rule_comes_before_the_policy_s_limit() -> None:
     backoff = Backoff(RestartPolicy(limit=START_ATTEMPTS))
     *_, last = fail_times(backoff, START_ATTEMPTS, ever_up=False)
     assert last == Dead(f"failed {START_ATTEMPTS} times before answering its handshake")
+
+
+def test_initializer_failures_in_a_row_make_the_slot_dead_even_after_it_was_up() -> None:
+    # A failing initializer fails every new worker the same way: not retried for ever.
+    init_failed = WorkerExit(failed=True, reason="initializer failed: ValueError: no db", exitcode=1)
+    backoff = Backoff(RestartPolicy())  # no limit
+    steps = [
+        step(init_failed, backoff, ever_up=True, now=100.0 + i, init_failures=i + 1) for i in range(START_ATTEMPTS)
+    ]
+    assert all(isinstance(s, Replace) for s in steps[:-1])
+    assert steps[-1] == Dead(f"its initializer failed {START_ATTEMPTS} times in a row")
 
 
 # --- still_wanted -------------------------------------------------------------------------

@@ -95,13 +95,13 @@ def next_step(
     if planned:
         return Replace(0.0, planned=True)
     delay = backoff.down(now, failed=exit.failed, reason=exit.reason)
+    if init_failures >= START_ATTEMPTS:
+        # A failing initializer fails every worker the same way: not retried for ever.
+        return Dead(f"its initializer failed {init_failures} times in a row")
     if not ever_up and backoff.failures >= START_ATTEMPTS:
         # start() must answer: a worker that cannot come up at all is not retried
         # for ever while the caller waits (after start, the policy's limit rules).
         return Dead(f"failed {backoff.failures} times before answering its handshake")
-    if init_failures >= START_ATTEMPTS:
-        # A failing initializer fails every worker the same way: not retried for ever.
-        return Dead(f"its initializer failed {init_failures} times in a row")
     if delay is None:
         if backoff.exhausted:
             return Dead(f"restart limit {backoff.policy.limit} spent")
