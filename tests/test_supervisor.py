@@ -13,8 +13,8 @@ from typing import Literal
 import pytest
 
 from taskpool import PoolState, RestartPolicy
-from taskpool._restart import Backoff
 from taskpool._busy import BUSY_WINDOW, BusyMeter
+from taskpool._restart import Backoff
 from taskpool._supervisor import PLANNED, START_ATTEMPTS, Dead, Replace, Step, Stop, next_step, still_wanted
 from taskpool._workers import WorkerExit
 

@@ -117,7 +117,12 @@ class PoolCore(Policies, Lifecycle):
         self.tracer: Instrumentation | None = None  # spans for submit and run (taskpool.otel)
         for i in range(options.pool_size):
             self.sched.add_slot(
-                Slot(first_worker_id + i, caps.window, adaptive=caps.adaptive_window, concurrency=options.concurrency)
+                Slot(
+                    first_worker_id + i,
+                    caps.window if options.prefetch else 1,
+                    adaptive=caps.adaptive_window,
+                    concurrency=options.concurrency,
+                )
             )
         spec = WorkerSpec(
             pool_name=self.name,

@@ -205,6 +205,10 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
     thread_name_prefix: str | None = None
     #: The logger a worker logs a failed initializer on (the executors: "concurrent.futures").
     init_logger: str = "taskpool"
+    #: Hand workers calls beyond those they run (their kind's window). The executors turn
+    #: it off: a call behind a blocking one in a process worker's window waits for it,
+    #: where concurrent.futures gives it to the next idle worker.
+    prefetch: bool = True
 
     @classmethod
     def checked(
@@ -229,6 +233,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
         start_workers: str = "eager",
         thread_name_prefix: str | None = None,
         init_logger: str = "taskpool",
+        prefetch: bool = True,
     ) -> PoolOptions:
         """Check every option; raise on the first bad one.
 
@@ -267,6 +272,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
             start_workers=check_choice("start_workers", start_workers, START_WORKERS),
             thread_name_prefix=_check_prefix(thread_name_prefix),
             init_logger=init_logger,
+            prefetch=bool(prefetch),
         )
 
 

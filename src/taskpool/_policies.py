@@ -92,11 +92,21 @@ class Policies:
 
     if TYPE_CHECKING:  # the core's and the lifecycle's (declared here for the checker only)
 
-        def cancel_task(self, task: Task[Any], exc: BaseException) -> bool: ...
-        def settle(self, task: Task[Any], state: TaskState, result: Any, exc: BaseException | None) -> None: ...
-        def pump(self) -> None: ...
-        def schedule_check(self) -> None: ...
-        def check_thread(self) -> None: ...
+        def cancel_task(self, task: Task[Any], exc: BaseException) -> bool:
+            """Cancel or time out ``task`` (``PoolCore.cancel_task``)."""
+            ...
+
+        def settle(self, task: Task[Any], state: TaskState, result: Any, exc: BaseException | None) -> None:
+            """Give ``task`` its final state (``PoolCore.settle``)."""
+
+        def pump(self) -> None:
+            """Hand queued tasks to workers (``PoolCore.pump``)."""
+
+        def schedule_check(self) -> None:
+            """Check for drain soon (``PoolCore.schedule_check``)."""
+
+        def check_thread(self) -> None:
+            """Raise RuntimeError off the pool's loop thread (``Lifecycle.check_thread``)."""
 
     # --- priorities ----------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ from taskpool._mppickle import dumps, wrap
 __all__ = [
     "ERR_CANCELLED",
     "ERR_LOAD",
+    "LOAD_NOTE",
     "ERR_RAISED",
     "ERR_UNSENDABLE",
     "FMT_PICKLE",
@@ -137,6 +138,8 @@ ERR_UNSENDABLE: Final = 1
 ERR_CANCELLED: Final = 2
 #: The worker could not load the function or the arguments (import/unpickle failed).
 ERR_LOAD: Final = 3
+#: The note on an exception the worker raised while loading a call, before it ran.
+LOAD_NOTE: Final = "raised in the worker while loading the call (its function or arguments), before it ran"
 
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
@@ -491,6 +494,8 @@ def rebuild_exception(err: Error) -> BaseException:
     - ``ERR_UNSENDABLE``: :class:`SerializationError` (the result could not be sent); its
       ``__cause__`` is the exception serialising raised, rebuilt (with the remote
       traceback as *its* cause) when it unpickles here, else the remote traceback.
+    - ``ERR_LOAD`` (the worker could not load the call: its function or arguments): as
+      below, with :data:`LOAD_NOTE` added to the exception's notes.
     - otherwise the original exception when it unpickles here and is an ``Exception``
       (a ``SystemExit`` or ``KeyboardInterrupt`` raised by a task must not stop the
       pool), else :class:`TaskFailed` with the type name, message and traceback.
@@ -516,6 +521,8 @@ def rebuild_exception(err: Error) -> BaseException:
     if exc is None:
         name = err.type_qualname if err.type_module == "builtins" else f"{err.type_module}.{err.type_qualname}"
         exc = TaskFailed(name, err.message, err.traceback)
+    if err.kind == ERR_LOAD:
+        exc.add_note(LOAD_NOTE)  # (the executors tell a call the worker could not load by it)
     if remote is not None:
         exc.__cause__ = remote
     return exc
