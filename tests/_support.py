@@ -15,6 +15,7 @@ import gc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from taskpool._workers import Capabilities, backend
 from taskpool.testing import Gate
 
 if TYPE_CHECKING:
@@ -76,3 +77,8 @@ def process_worker(pool: FunctionPool, index: int = 0) -> Any:
     found = [w for w in gc.get_objects() if isinstance(w, ProcessWorker) and w.pid == pid and w._channel is not None]
     assert len(found) == 1, f"{len(found)} process workers with pid {pid}"
     return found[0]
+
+
+def caps(kind: str) -> Capabilities:
+    """What worker kind ``kind`` can do: tests branch on this, never on a kind's name."""
+    return backend(kind).capabilities

@@ -9,7 +9,7 @@ import pytest
 from taskpool import FunctionPool, PoolBroken, RemoteTraceback, RestartPolicy, TaskState, WorkerCrashed
 
 from . import _funcs as f
-from ._support import collect_until
+from ._support import caps, collect_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -21,7 +21,7 @@ async def test_a_task_exception_carries_the_workers_traceback(kind: str) -> None
     exc = info.value
     text = "".join(traceback.format_exception(exc))
     assert "in fail" in text  # the frame that raised is visible to the caller
-    if kind == "process":  # rebuilt in the parent: the worker's traceback is its cause
+    if caps(kind).isolated:  # rebuilt in the parent: the worker's traceback is its cause
         assert isinstance(exc.__cause__, RemoteTraceback)
         assert "in fail" in exc.__cause__.traceback
 
@@ -34,7 +34,7 @@ async def test_a_crashed_worker_fails_its_task_and_is_replaced(offloop_kind: str
             with pytest.raises(WorkerCrashed) as info:
                 await doomed
             assert info.value.worker_id == 0
-            if offloop_kind == "process":
+            if caps(offloop_kind).has_pid:
                 assert info.value.exitcode == 3
             assert doomed.state is TaskState.FAILED
             assert doomed.record.error.startswith("WorkerCrashed")

@@ -30,7 +30,7 @@ from taskpool import (
     import_persistent_worker,
 )
 
-from ._support import WAIT, Gate, collect_until
+from ._support import WAIT, Gate, caps, collect_until
 from .conftest import KINDS
 
 pytestmark = pytest.mark.asyncio
@@ -408,7 +408,7 @@ async def test_pool_bound_worker_in_snapshot_and_events(okind: str) -> None:
             assert mine.kind == okind
             assert mine.name is not None and mine.name.startswith("host:tests._modules.stateful#")
             assert mine.tasks_done >= 2
-            if okind == "process":
+            if caps(okind).has_pid:
                 assert mine.pid is not None and mine.pid != os.getpid()
                 pid = mine.pid
             assert started[-1].worker_id == mine.id
@@ -416,7 +416,7 @@ async def test_pool_bound_worker_in_snapshot_and_events(okind: str) -> None:
     # The pool closed: the proxy was terminated with it.
     with pytest.raises(PoolClosed):
         await mod.add(1, 2)
-    if okind == "process":
+    if caps(okind).has_pid:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with pytest.raises(PoolClosed):
         pool.import_persistent_worker(STATEFUL, worker=okind)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from taskpool import FunctionPool, StatusType, Task, TaskCancelled, TaskState
 
 from . import _funcs as f
-from ._support import Gate
+from ._support import Gate, caps
 
 FINAL = {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}
 HOOKS = ["then", "catch", "race", "all_settled", "done_callback"]
@@ -154,7 +154,7 @@ async def scenario(kind: str, program: list[tuple[Any, ...]]) -> None:
 
 
 def test_books_balance_and_every_task_settles_once(kind: str) -> None:
-    @settings(max_examples=15 if kind == "process" else 100, deadline=None)
+    @settings(max_examples=15 if caps(kind).isolated else 100, deadline=None)
     @given(program=ops)
     def run(program: list[tuple[Any, ...]]) -> None:
         asyncio.run(scenario(kind, program))

@@ -18,12 +18,12 @@ from taskpool import FunctionPool, PoolClosed, RestartPolicy, Service, ServiceEv
 from taskpool.examples import cluster_server
 from tests._modules import services as svc
 
-from ._support import WAIT, Gate, collect, collect_until
-from .conftest import KINDS
+from ._support import WAIT, Gate, caps, collect, collect_until
+from .conftest import KINDS, OFFLOOP_KINDS
 
 pytestmark = pytest.mark.asyncio
 
-SERVICE_KINDS = [k for k in ("process", "thread") if k in KINDS]
+SERVICE_KINDS = OFFLOOP_KINDS  # a service's instances hold their workers: off the pool's loop
 PROCESS = [k for k in ("process",) if k in KINDS]
 
 
@@ -64,7 +64,7 @@ async def test_instances_run_concurrently_in_dedicated_workers(skind: str) -> No
             service = pool.keep_alive(svc.forever, "api", name="api", instances=3, worker=skind)
             assert isinstance(service, Service)
             up = await ups(sub, 3)
-            if skind == "process":
+            if caps(skind).isolated:
                 assert len({u["pid"] for u in up}) == 3  # a process each
             else:
                 assert len({u["thread"] for u in up}) == 3  # a thread each
@@ -85,7 +85,7 @@ async def test_instances_run_concurrently_in_dedicated_workers(skind: str) -> No
     exited = service_events(events, "service.exited")
     assert sorted(e.instance for e in exited) == [0, 1, 2]
     assert {e.reason for e in exited} == {"stopped"}
-    if skind == "process":
+    if caps(skind).has_pid:
         assert all(gone(u["pid"]) for u in up)
 
 
@@ -106,7 +106,7 @@ async def test_pool_exit_stops_services(skind: str) -> None:
             b = pool.keep_alive(svc.forever, "b", name="b", worker=skind)
             up = await ups(sub, 3)
     assert (a.state, b.state) == ("stopped", "stopped")
-    if skind == "process":
+    if caps(skind).has_pid:
         assert all(gone(u["pid"]) for u in up)
     with pytest.raises(PoolClosed):
         pool.keep_alive(svc.forever, name="late")

@@ -8,7 +8,7 @@ import pytest
 from taskpool import FunctionPool, PoolSnapshot, StatusType, TaskRecord, TaskState
 
 from . import _funcs as f
-from ._support import Gate, settle
+from ._support import Gate, caps, settle
 
 pytestmark = pytest.mark.asyncio
 
@@ -156,13 +156,15 @@ async def test_snapshot_shows_counts_and_workers_and_encodes_to_json(kind: str) 
         assert worker.kind == kind
         assert worker.restarts == 0
         assert sum(w.tasks_done for w in snap.workers) == 1
-        if kind == "thread":
-            assert all(w.thread_name for w in snap.workers)
-            assert all(w.pid is None for w in snap.workers)
-        elif kind == "process":
+        can = caps(kind)
+        if can.has_pid:
             assert all(isinstance(w.pid, int) for w in snap.workers)
         else:
-            assert all(w.pid is None and w.thread_name is None for w in snap.workers)
+            assert all(w.pid is None for w in snap.workers)
+        if can.remote:
+            assert all(isinstance(w.node, str) and w.node for w in snap.workers)
+        else:
+            assert all(w.node is None for w in snap.workers)
 
         data = msgspec.json.encode(snap)
         back = msgspec.json.decode(data, type=PoolSnapshot)

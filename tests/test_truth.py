@@ -21,7 +21,8 @@ import pytest
 from taskpool import FunctionPool, SerializationError, StatusType, TaskCancelled, TaskFailed, TaskpoolError
 
 from . import _funcs as f
-from ._support import Gate
+from ._support import Gate, caps
+from .conftest import OFFLOOP_KINDS
 
 pytestmark = pytest.mark.asyncio
 
@@ -88,7 +89,7 @@ def make_unsendable() -> Unsendable:
 
 
 async def test_active_never_reads_zero_while_every_worker_is_busy(kind: str) -> None:
-    fn = busy_for if kind != "inline" else async_sleep_for
+    fn = busy_for if kind in OFFLOOP_KINDS else async_sleep_for
     samples: list[int] = []
     async with FunctionPool(2, worker=kind) as pool:
         done = asyncio.Event()
@@ -336,12 +337,12 @@ async def test_a_worker_side_serialization_error_carries_the_original_exception(
 
 
 async def test_utilisation_follows_the_busy_share(kind: str) -> None:
-    fn = busy_for if kind != "inline" else async_sleep_for
+    fn = busy_for if kind in OFFLOOP_KINDS else async_sleep_for
     t0 = time.time()
     async with FunctionPool(1, worker=kind) as pool:
         idle = pool.snapshot()
         assert idle.utilisation == 0.0
-        assert idle.workers[0].node is None
+        assert (idle.workers[0].node is None) == (not caps(kind).remote)  # a host name for remote kinds
         tasks = [pool.add_task(fn, 0.02) for _ in range(10)]
         for t in tasks:
             await t

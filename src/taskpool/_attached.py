@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVarTuple
 
-from ._options import check_callable, check_grace, check_name, check_restart
+from ._options import KindSettings, check_callable, check_grace, check_name, check_restart
 from ._persistent import PersistentWorker, PersistentWorkerStarter
 from ._restart import RestartPolicy
 from ._service import Service
@@ -61,7 +61,7 @@ class PoolAttachments:
         self,
         module: str | ModuleType,
         *,
-        worker: str = "process",
+        worker: str | KindSettings = "process",
         timeout: float | None = None,
         restart: RestartPolicy | None = None,
     ) -> PersistentWorkerStarter[Any]:
@@ -88,7 +88,7 @@ class PoolAttachments:
         name: str,
         instances: int = 1,
         restart: RestartPolicy | None = None,
-        worker: str = "process",
+        worker: str | KindSettings = "process",
         grace: float = 5.0,
     ) -> Service:
         """Run ``fn(*args)`` in ``instances`` dedicated workers and keep it running.

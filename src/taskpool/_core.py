@@ -135,6 +135,7 @@ class PoolCore(Policies, Lifecycle):
             initargs=options.initargs,
             init_logger=options.init_logger,
             thread_name_prefix=options.thread_name_prefix,
+            kind_options=options.kind_options,
         )
         self.sup: Supervisor = Supervisor(
             self,

@@ -221,10 +221,13 @@ class Lifecycle:
     async def _host(self, ready: asyncio.Future[None]) -> None:
         assert self._stop_event is not None
         started = False
+        opened = False
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 try:
+                    await self.sup.backend.pool_opened(self.sup.spec)  # what the kind's workers share
+                    opened = True
                     await self.sup.start_all(tg, on_demand=self.options.start_workers == "on_demand")
                     self._check_not_broken()  # a crash may have broken it as it started ("break")
                 except BaseException as exc:
@@ -258,6 +261,12 @@ class Lifecycle:
         finally:
             self._tg = None
             self.hooks.unbind(f"pool {self._state}")
+            if opened:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.sup.backend.pool_closed(self.sup.spec)
+                    except Exception as exc:
+                        self.log.exception("worker kind failed to clean up", exc_info=exc)
 
     def _check_not_broken(self) -> None:
         if self._broken is not None:

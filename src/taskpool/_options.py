@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import msgspec
 
@@ -24,6 +24,7 @@ __all__ = [
     "PoolOptions",
     "OnWorkerCrash",
     "StartWorkers",
+    "KindSettings",
     "WorkerOutput",
     "check_callable",
     "check_choice",
@@ -34,6 +35,8 @@ __all__ = [
     "check_timeout",
     "check_worker_output",
     "default_pool_size",
+    "inherit_kind",
+    "split_worker",
 ]
 
 #: Default bound on one message (frame or out-of-band segment) from a worker: 1 GiB.
@@ -148,6 +151,39 @@ def check_worker_output(value: str) -> WorkerOutput:
     return value  # type: ignore[return-value]
 
 
+@runtime_checkable
+class KindSettings(Protocol):
+    """Settings for a worker kind, passed as ``worker=`` instead of the kind's name (for
+    example :class:`taskpool.ray.RayWorkers`): ``kind`` names the kind, and the object
+    travels to each worker as ``WorkerSpec.kind_options``."""
+
+    @property
+    def kind(self) -> str:
+        """The name of the kind these settings are for."""
+        ...
+
+
+def split_worker(worker: str | KindSettings) -> tuple[str, Any]:
+    """``(kind name, kind settings or None)`` for a ``worker=`` argument.
+
+    Anything else is passed on as the name: looking the kind up then raises ``ValueError``
+    naming the kinds there are.
+    """
+    kind = getattr(worker, "kind", None)
+    if isinstance(worker, str) or not isinstance(kind, str):
+        return worker, None  # type: ignore[return-value]
+    return kind, worker
+
+
+def inherit_kind(worker: str | KindSettings, parent: PoolOptions | None) -> tuple[str, Any]:
+    """:func:`split_worker` for an extra tied to a pool (a persistent worker, a service):
+    a kind named as the pool's own gets the pool's settings (its cluster, say)."""
+    kind, settings = split_worker(worker)
+    if settings is None and parent is not None and kind == parent.worker:
+        settings = parent.kind_options
+    return kind, settings
+
+
 def check_choice(name: str, value: str, accepted: tuple[str, ...]) -> Any:
     """``value`` when it is one of ``accepted``.
 
@@ -209,13 +245,15 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
     #: it off: a call behind a blocking one in a process worker's window waits for it,
     #: where concurrent.futures gives it to the next idle worker.
     prefetch: bool = True
+    #: The kind's settings object when ``worker=`` was one (e.g. ``RayWorkers``), else None.
+    kind_options: Any = None
 
     @classmethod
     def checked(
         cls,
         *,
         pool_size: int | None,
-        worker: str,
+        worker: str | KindSettings,
         max_queue: int | None,
         task_timeout: float | None,
         max_tasks_per_worker: int | None,
@@ -249,6 +287,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"pool_size must be an int >= 1 and <= {MAX_WORKERS} or None, got {pool_size!r}")
         if isinstance(keep_records, bool) or not isinstance(keep_records, int) or keep_records < 0:
             raise ValueError(f"keep_records must be an int >= 0, got {keep_records!r}")
+        worker, kind_options = split_worker(worker)
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a path or None, got {type(log_dir).__name__}")
         return cls(
@@ -273,6 +312,7 @@ class PoolOptions(msgspec.Struct, frozen=True, kw_only=True):
             thread_name_prefix=_check_prefix(thread_name_prefix),
             init_logger=init_logger,
             prefetch=bool(prefetch),
+            kind_options=kind_options,
         )
 
 

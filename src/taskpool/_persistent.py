@@ -43,7 +43,7 @@ import anyio
 
 from ._core import PoolCore
 from ._errors import PoolBroken, PoolClosed, TaskCancelled, WorkerCrashed
-from ._options import PoolOptions, check_restart, check_timeout
+from ._options import KindSettings, PoolOptions, check_restart, check_timeout, inherit_kind
 from ._restart import RestartPolicy
 from ._status import worker_snapshots
 from ._types import PoolState, ProxyState, WorkerEvent, WorkerSnapshot
@@ -222,7 +222,7 @@ class PersistentWorker(Generic[M]):
         self,
         module: str | ModuleType,
         *,
-        worker: str = "process",
+        worker: str | KindSettings = "process",
         timeout: float | None = None,
         restart: RestartPolicy | None = None,
         parent: PoolCore | None = None,
@@ -239,13 +239,14 @@ class PersistentWorker(Generic[M]):
             module_name = module_name.partition("<taskpool-")[0]  # a private copy: the real module
         restart = check_restart(restart, RestartPolicy(mode="never"))
         self.module_name = module_name
-        self.worker_kind = worker
+        kind, kind_options = inherit_kind(worker, parent.options if parent is not None else None)
+        self.worker_kind: str = kind
         self._parent = parent
-        number = next(_numbers)
-        name = f"{parent.name if parent else 'persistent'}:{module_name}#{number}"
+        name = f"{parent.name if parent else 'persistent'}:{module_name}#{next(_numbers)}"
         options = PoolOptions(
             pool_size=1,
-            worker=worker,
+            worker=kind,
+            kind_options=kind_options,
             task_timeout=check_timeout("timeout", timeout),
             concurrency=1,  # one call at a time: the proxy's order guarantee
             restart=restart,
@@ -564,7 +565,7 @@ class PersistentWorkerStarter(Generic[M]):
 def import_persistent_worker(
     module: str,
     *,
-    worker: str = ...,
+    worker: str | KindSettings = ...,
     timeout: float | None = ...,
     restart: RestartPolicy | None = ...,
 ) -> PersistentWorkerStarter[Any]: ...
@@ -572,7 +573,7 @@ def import_persistent_worker(
 def import_persistent_worker(
     module: M,
     *,
-    worker: str = ...,
+    worker: str | KindSettings = ...,
     timeout: float | None = ...,
     restart: RestartPolicy | None = ...,
 ) -> PersistentWorkerStarter[M]: ...
@@ -581,7 +582,7 @@ def import_persistent_worker(
 def import_persistent_worker(
     module: str | Any,
     *,
-    worker: str = "process",
+    worker: str | KindSettings = "process",
     timeout: float | None = None,
     restart: RestartPolicy | None = None,
 ) -> PersistentWorkerStarter[Any]:

@@ -24,6 +24,7 @@ from ._errors import QueueFull
 from ._map import start_map
 from ._options import (
     DEFAULT_MAX_MESSAGE,
+    KindSettings,
     PoolOptions,
     check_name,
 )
@@ -109,7 +110,7 @@ class FunctionPool(PoolAttachments):
         self,
         pool_size: int | None = None,
         *,
-        worker: str = "process",
+        worker: str | KindSettings = "process",
         max_queue: int | None = None,
         task_timeout: float | None = None,
         max_tasks_per_worker: int | None = None,

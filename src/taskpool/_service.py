@@ -28,7 +28,7 @@ import anyio
 
 from ._core import PoolCore
 from ._errors import TaskCancelled
-from ._options import MAX_WORKERS, PoolOptions, check_count, check_grace
+from ._options import MAX_WORKERS, KindSettings, PoolOptions, check_count, check_grace, inherit_kind
 from ._restart import Backoff, RestartPolicy
 from ._status import worker_snapshots
 from ._task import Task, describe_error
@@ -56,21 +56,23 @@ class Service:
         name: str,
         instances: int,
         restart: RestartPolicy,
-        worker: str,
+        worker: str | KindSettings,
         grace: float,
     ) -> None:
         instances = check_count("instances", instances, maximum=MAX_WORKERS) or 1
         self.name: str = name
         self.instances: int = instances
         self.restart: RestartPolicy = restart
-        self.worker_kind: str = worker
+        kind, kind_options = inherit_kind(worker, parent.options)
+        self.worker_kind: str = kind
         self.grace: float = grace
         self._fn = fn
         self._args = args
         self._parent = parent
         options = PoolOptions(
             pool_size=instances,
-            worker=worker,
+            worker=kind,
+            kind_options=kind_options,
             concurrency=1,  # one instance per worker
             restart=RestartPolicy(mode="on-failure", delay=0.0, limit=None),
             keep_records=0,

@@ -120,6 +120,9 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     init_logger: str = "taskpool"
     #: Thread workers' names: ``f"{prefix}_{worker_id}"`` (None: the kind's default).
     thread_name_prefix: str | None = None
+    #: The kind's own settings when the pool was given an object as ``worker=`` (for
+    #: example ``taskpool.ray.RayWorkers``), else None.
+    kind_options: Any = None
 
 
 #: The reason a worker whose initializer raised ends with starts with this.
@@ -183,6 +186,23 @@ class Worker(abc.ABC):
         self.host: WorkerHost = host
         self.id: int = worker_id
         self.spec: WorkerSpec = spec
+
+    @classmethod
+    async def pool_opened(cls, spec: WorkerSpec) -> None:
+        """A pool of this kind starts (before its first worker): set up what its workers
+        share (a cluster connection, say). The default does nothing.
+
+        Raises:
+            Exception: the pool cannot start (``start()`` raises it).
+        """
+        return
+
+    @classmethod
+    async def pool_closed(cls, spec: WorkerSpec) -> None:
+        """A pool of this kind closed (its workers have ended, or were abandoned): release
+        what :meth:`pool_opened` set up. Called once per ``pool_opened``, also when the
+        start failed. The default does nothing; an exception is logged, not raised."""
+        return
 
     @property
     def pid(self) -> int | None:
