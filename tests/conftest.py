@@ -30,6 +30,10 @@ except ImportError:
     pass
 else:
     KINDS.append("process")
+from tests.ray import session as ray_session  # noqa: E402
+
+if ray_session.kinds_want_ray():  # only when asked: Ray starts slowly and is an extra
+    KINDS.append("ray")
 if os.environ.get("TASKPOOL_TEST_KINDS"):
     KINDS = [k for k in KINDS if k in os.environ["TASKPOOL_TEST_KINDS"].split(",")]
 
@@ -56,6 +60,15 @@ settings.load_profile("taskpool")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "uvloop: also run this async test on uvloop")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_ray() -> object:
+    """The session's one local Ray, started before the first test when the matrix has ray."""
+    if "ray" in KINDS:
+        ray_session.start()
+    yield
+    ray_session.stop()
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
@@ -122,7 +135,9 @@ def _no_leaks() -> object:
         t.join(max(0.0, deadline - time.monotonic()))
         if t.is_alive():
             leaked_threads.append(t.name)
-    new_children = [p for p in me.children(recursive=True) if p.pid not in children_before]
+    new_children = [
+        p for p in me.children(recursive=True) if p.pid not in children_before and not ray_session.is_shared(p)
+    ]
     _, alive = psutil.wait_procs(new_children, timeout=max(0.1, deadline - time.monotonic()))
     for p in alive:
         try:

@@ -34,6 +34,7 @@ _REGISTRY: dict[str, str | type[Worker]] = {
     "process": "taskpool._workers._process:ProcessWorker",
     "thread": "taskpool._workers._thread:ThreadWorker",
     "inline": "taskpool._workers._inline:InlineWorker",
+    "ray": "taskpool._ray_worker:RayWorker",
 }
 _lock = threading.Lock()
 _entry_points_read = False
