@@ -59,21 +59,21 @@ def _pyright(session: nox.Session) -> None:
 @nox.session(name="typing-mypy", tags=["typing"])
 def typing_mypy(session: nox.Session) -> None:
     """mypy --strict on the package and on the API usage file (an unused ignore fails it)."""
-    session.install("-e", ".[lint,test]")  # test: the optional parts the package imports (web, otel, ...)
+    session.install("-e", ".[lint,test,ray]")  # test, ray: the optional parts the package imports (web, otel, ray...)
     _mypy(session)
 
 
 @nox.session(name="typing-pyright", tags=["typing"])
 def typing_pyright(session: nox.Session) -> None:
     """pyright on the API usage file, and ``pyright --verifytypes taskpool``."""
-    session.install("-e", ".[lint,test]")
+    session.install("-e", ".[lint,test,ray]")
     _pyright(session)
 
 
 @nox.session
 def typing(session: nox.Session) -> None:
     """Both type checkers in one session (what ``typing-mypy`` and ``typing-pyright`` run)."""
-    session.install("-e", ".[lint,test]")
+    session.install("-e", ".[lint,test,ray]")
     _mypy(session)
     _pyright(session)
 

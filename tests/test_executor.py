@@ -228,7 +228,7 @@ def test_shutdown_cancel_futures_withdraws_only_calls_not_started(make: Callable
         g.release("t0", "t1")
         closer.join(T)
         assert not closer.is_alive()
-        assert g.poll() == ["t0", "t1"]  # no withdrawn call ever ran
+        assert sorted(g.poll()) == ["t0", "t1"]  # no withdrawn call ever ran (two workers: either order)
     assert [f.result(timeout=0) for f in fs[:2]] == ["t0", "t1"]
 
 
