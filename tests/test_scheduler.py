@@ -897,3 +897,23 @@ def test_books_balance_under_any_sequence(adaptive: bool, ops: list[tuple[str, i
     done = [t for t in live if t.done()]
     assert sched.count("completed") == len(done)
     assert sched.count("total") == len(live)
+
+
+def test_priority_levels_emptied_by_lazy_removal_are_dropped() -> None:
+    # oldest_queued() drops settled tasks from the heads of the queues: a level may be left
+    # empty; taking the next task skips it (and never fails on an empty queue).
+    sched = Scheduler(keep_records=0)
+    slot = Slot(0, window=1)
+    sched.add_slot(slot)
+    sched.open_slot(slot)
+    doomed = new_task()
+    doomed.priority = 5
+    sched.add(doomed)
+    doomed._state = TaskState.CANCELLED  # settled while queued
+    sched.n_queued -= 1
+    assert sched.oldest_queued() is None  # the level of priority 5 is empty now
+    assert list(sched.assignments(0.0)) == []
+    low = new_task()
+    low.priority = -1
+    sched.add(low)
+    assert [t for _, t in sched.assignments(0.0)] == [low]

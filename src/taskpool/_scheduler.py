@@ -315,6 +315,8 @@ class Scheduler:
                 self.free = sum(_room(s) for s in self.slots if s.accepting)
                 return
             task = self._pop() if levels else queue.popleft()
+            if task is None:
+                return
             if task._state is not _QUEUED or task._held:
                 continue  # settled while queued (lazy removal)
             best.inflight.append(task)
@@ -374,12 +376,14 @@ class Scheduler:
         else:
             self.queue.appendleft(task)
 
-    def _pop(self) -> Task[Any]:
-        """The next task by priority (some queue is not empty); empty levels are dropped."""
+    def _pop(self) -> Task[Any] | None:
+        """The next task by priority, or None when every queue is empty (a level emptied
+        by lazy removal is dropped on the way)."""
         levels = self.levels
-        for p in self.level_order:
-            if p < 0 and self.queue:
-                return self.queue.popleft()
+        queue = self.queue
+        for p in list(self.level_order):
+            if p < 0 and queue:
+                return queue.popleft()
             level = levels[p]
             if level:
                 task = level.popleft()
@@ -387,10 +391,9 @@ class Scheduler:
                     del levels[p]
                     self.level_order.remove(p)
                 return task
-            del levels[p]  # (emptied by clear_queue or lazy removal)
+            del levels[p]
             self.level_order.remove(p)
-            return self._pop() if (levels or self.queue) else self.queue.popleft()
-        return self.queue.popleft()
+        return queue.popleft() if queue else None
 
     def queues(self) -> list[collections.deque[Task[Any]]]:
         """Every queue, highest priority first."""
