@@ -13,6 +13,7 @@ import pytest
 from taskpool import (
     FunctionPool,
     PoolBroken,
+    RemoteTraceback,
     RestartPolicy,
     TaskCancelled,
     TaskState,
@@ -22,7 +23,7 @@ from taskpool import (
 )
 
 from . import _funcs as f
-from ._support import Gate, collect
+from ._support import Gate, caps, collect
 
 pytestmark = pytest.mark.asyncio
 
@@ -231,7 +232,8 @@ async def test_map_return_exceptions_yields_failures_in_place(kind: str, chunksi
     assert [isinstance(v, ValueError) for v in out] == [i % 3 == 0 for i in range(10)]
     assert [v for v in out if not isinstance(v, BaseException)] == [1, 2, 4, 5, 7, 8]
     failure = out[0] if ordered else next(v for v in out if isinstance(v, ValueError))
-    assert failure.__cause__ is not None or kind != "process"  # the worker's traceback
+    if chunksize == 3 or caps(kind).isolated:  # failed in a chunk, or rebuilt in the parent
+        assert isinstance(failure.__cause__, RemoteTraceback)  # the worker's traceback
 
 
 async def test_map_return_exceptions_with_async_chunks() -> None:
@@ -242,7 +244,8 @@ async def test_map_return_exceptions_with_async_chunks() -> None:
 
 async def test_map_without_return_exceptions_still_fails_fast() -> None:
     async with FunctionPool(2, worker="thread") as pool:
-        with pytest.raises(ValueError, match="3"):
+        # The first failure to happen ends it: any of 3, 6, 9 (two workers race).
+        with pytest.raises(ValueError, match="^[369]$"):
             async for _ in pool.map(f.fail_on_multiple_of_3, range(1, 10)):
                 pass
 

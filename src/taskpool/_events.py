@@ -118,6 +118,17 @@ class Subscription:
         return f"<Subscription {self.patterns} buffered={len(self._buffer)} dropped={self.dropped}>"
 
 
+def resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Give ``fut`` ``value`` as its result (``ok``) or its exception, unless it is done
+    already (a thread-safe callback target)."""
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
 def set_if_pending(fut: asyncio.Future[None]) -> None:
     """Resolve ``fut`` with None unless it is already done (a thread-safe callback target)."""
     if not fut.done():

@@ -36,28 +36,19 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import QueueFull, TaskCancelled
 from ._executor_errors import ErrorStyle
+from ._loop import in_asyncio, out_of_asyncio
 from ._types import PoolState, TaskState, WorkerState
 
 if TYPE_CHECKING:
-    import contextvars
-
     from ._core import PoolCore
     from ._task import Task
-
-_sniffio_cvar: contextvars.ContextVar[str | None] | None
-try:  # see in_asyncio
-    from sniffio import current_async_library_cvar as _sniffio_cvar
-except ImportError:  # anyio then finds the running asyncio loop by itself
-    _sniffio_cvar = None
 
 __all__ = [
     "Bridge",
     "ExecutorFuture",
     "Job",
-    "in_asyncio",
     "interpreter_shutting_down",
     "mark_interpreter_shutdown",
-    "out_of_asyncio",
     "settle_workers",
     "withdraw_all",
 ]
@@ -103,23 +94,6 @@ def mark_interpreter_shutdown() -> None:
 def interpreter_shutting_down() -> bool:
     """Whether :func:`mark_interpreter_shutdown` was called."""
     return _interpreter_shutdown
-
-
-def in_asyncio() -> Any:
-    """Say "asyncio" to sniffio while adding tasks from a loop callback; the token to undo it.
-
-    ``core.add`` may start a worker (``start_workers="on_demand"``) through anyio, which
-    asks sniffio which library runs; sniffio only knows inside a task, and the bridge
-    adds from loop callbacks (as ``taskpool._hooks`` runs hooks from them).
-    """
-    cvar = _sniffio_cvar
-    return cvar.set("asyncio") if cvar is not None else None
-
-
-def out_of_asyncio(token: Any) -> None:
-    """Undo :func:`in_asyncio`."""
-    if token is not None and _sniffio_cvar is not None:
-        _sniffio_cvar.reset(token)
 
 
 # --------------------------------------------------------------------------- futures

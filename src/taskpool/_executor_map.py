@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._errors import QueueFull, TaskCancelled
-from ._executor import LIVENESS_POLL, in_asyncio, out_of_asyncio, withdraw_all
+from ._executor import LIVENESS_POLL, withdraw_all
 from ._executor_calls import DONE_ATTR, run_items, run_star_items
 from ._executor_errors import cancelled_error
+from ._loop import in_asyncio, out_of_asyncio
 from ._map import CHUNK_TARGET, TINY_CALL
 from ._wire import is_async_callable
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._loop import in_asyncio, out_of_asyncio
 from ._types import HookErrorEvent
 
 if TYPE_CHECKING:
@@ -26,12 +27,6 @@ if TYPE_CHECKING:
     from ._events import EventBus
     from ._log import Logger
     from ._task import Task
-
-_sniffio_cvar: contextvars.ContextVar[str | None] | None
-try:
-    from sniffio import current_async_library_cvar as _sniffio_cvar
-except ImportError:  # anyio then finds the running asyncio loop by itself
-    _sniffio_cvar = None
 
 __all__ = ["KINDS", "Hooks", "in_hook"]
 
@@ -132,16 +127,11 @@ class Hooks:
     def _start(self, kind: str, awaitable: Awaitable[Any], task_id: int | None) -> None:
         assert self._tg is not None
         self.running += 1
-        # Hooks run from loop callbacks (a worker's batch of answers), outside any task.
-        # With sniffio installed, anyio asks it which library runs, and sniffio only
-        # knows from inside a task: say it here (the pool always runs on asyncio).
-        cvar = _sniffio_cvar
-        token = cvar.set("asyncio") if cvar is not None else None
+        token = in_asyncio()  # hooks run from loop callbacks (a worker's batch of answers)
         try:
             self._tg.start_soon(self._await, kind, awaitable, task_id)
         finally:
-            if cvar is not None and token is not None:
-                cvar.reset(token)
+            out_of_asyncio(token)
 
     async def _await(self, kind: str, awaitable: Awaitable[Any], task_id: int | None) -> None:
         in_hook.set(self._owner)

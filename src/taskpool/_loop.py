@@ -8,12 +8,36 @@ process workers with :func:`loop_factory` (``--loop`` of the worker's command li
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["loop_factory", "new_event_loop", "run"]
+__all__ = ["in_asyncio", "loop_factory", "new_event_loop", "out_of_asyncio", "run"]
 
 T = TypeVar("T")
+
+_sniffio_cvar: contextvars.ContextVar[str | None] | None
+try:
+    from sniffio import current_async_library_cvar as _sniffio_cvar
+except ImportError:  # anyio then finds the running asyncio loop by itself
+    _sniffio_cvar = None
+
+
+def in_asyncio() -> Any:
+    """Say "asyncio" to sniffio while calling anyio from a loop callback; the token to undo it.
+
+    The pool's loop runs callbacks outside any task (a worker's batch of reports, an
+    executor's intake); anyio asks sniffio which library runs, and sniffio only knows
+    inside a task. The pool always runs on asyncio, so it says so around such calls.
+    """
+    cvar = _sniffio_cvar
+    return cvar.set("asyncio") if cvar is not None else None
+
+
+def out_of_asyncio(token: Any) -> None:
+    """Undo :func:`in_asyncio`."""
+    if token is not None and _sniffio_cvar is not None:
+        _sniffio_cvar.reset(token)
 
 
 def loop_factory(kind: str = "auto") -> tuple[Callable[[], asyncio.AbstractEventLoop], bool]:

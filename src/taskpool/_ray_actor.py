@@ -40,6 +40,7 @@ from typing import Any
 from ._answers import error_messages, unsendable_messages
 from ._context import TaskContext, attach_trace, current, detach_trace
 from ._control import ControlBlock
+from ._events import resolve
 from ._functions import is_async_callable
 from ._wire import ERR_LOAD, ERR_RAISED
 
@@ -435,7 +436,7 @@ class SlotActor:
             fn, args, ctx, trace, fut = self._calls.popleft()
             if ctx is not None:
                 if ctx.task_id in self._stopped:  # cancelled before it began: never runs
-                    loop.call_soon_threadsafe(_settle, fut, True, _NOT_RUN)
+                    loop.call_soon_threadsafe(resolve, fut, True, _NOT_RUN)
                     continue
                 self._sync_cid = ctx.task_id
                 current.set(ctx)
@@ -451,7 +452,7 @@ class SlotActor:
             self._sync_cid = None
             current.set(None)
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, fut, ok, value)
+                loop.call_soon_threadsafe(resolve, fut, ok, value)
             del fn, args, value
 
 
@@ -513,15 +514,6 @@ def _boot_id() -> str | None:
             return f.read().strip()
     except OSError:
         return None
-
-
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
 
 
 def _hashable(fn: Any) -> bool:

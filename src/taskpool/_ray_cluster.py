@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._events import resolve
 from .ray import RayWorkers
 
 __all__ = ["LOCAL_INIT", "acquire", "in_thread", "node_ip", "release"]
@@ -130,7 +131,7 @@ class _Owner:
             except BaseException as exc:
                 value, ok = exc, False
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(_settle, fut, ok, value)
+                loop.call_soon_threadsafe(resolve, fut, ok, value)
             del fn, args, value
             with _lock:
                 if not _mine and self.jobs.empty():  # nothing of ours left: this thread ends
@@ -141,15 +142,6 @@ class _Owner:
 
 
 _owner: _Owner | None = None
-
-
-def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -30,7 +30,7 @@ import anyio.abc
 import msgspec
 
 from ._errors import PoolBroken
-from ._hooks import _sniffio_cvar
+from ._loop import in_asyncio, out_of_asyncio
 from ._restart import Backoff, RestartPolicy
 from ._scheduler import Scheduler, Slot
 from ._types import PoolState, WorkerState
@@ -196,15 +196,11 @@ class Supervisor:
     def start_one(self, tg: anyio.abc.TaskGroup, slot: Slot) -> None:
         """Start supervising an unstarted slot (workers on demand); a slot that cannot
         get a worker goes dead through ``slot_dead`` instead of raising."""
-        # Called from loop callbacks too (a worker's batch of reports adding work): anyio
-        # asks sniffio which library runs, and sniffio only knows inside a task.
-        cvar = _sniffio_cvar
-        token = cvar.set("asyncio") if cvar is not None else None
+        token = in_asyncio()  # called from loop callbacks too (a worker's reports adding work)
         try:
             tg.start_soon(functools.partial(self._supervise, slot, lazy=True))
         finally:
-            if cvar is not None and token is not None:
-                cvar.reset(token)
+            out_of_asyncio(token)
 
     async def _supervise(
         self,

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._context import TaskContext, attach_trace, current, detach_trace
-from .._events import set_if_pending
+from .._events import resolve, set_if_pending
 from .._loop import new_event_loop
 from ._base import INIT_FAILED, CancelResult, Capabilities, Worker, WorkerExit, own_traceback
 
@@ -282,7 +282,7 @@ class ThreadWorker(Worker):
             logging.getLogger(spec.init_logger).critical("Exception in initializer:", exc_info=True)
             failure = f"{type(exc).__name__}: {exc}"
         try:
-            self.host.loop.call_soon_threadsafe(_set_init, self._init, failure)
+            self.host.loop.call_soon_threadsafe(resolve, self._init, True, failure)
         except RuntimeError:  # the pool's loop is closed: nobody is listening
             pass
         return failure is None
@@ -481,11 +481,6 @@ class ThreadWorker(Worker):
 
     def _publish(self, topic: str, data: Any, task_id: int | None) -> None:
         self._report((_PUBLISH, topic, data, task_id, 0.0))
-
-
-def _set_init(fut: asyncio.Future[str | None], failure: str | None) -> None:
-    if not fut.done():
-        fut.set_result(failure)
 
 
 async def _awaited(awaitable: Any) -> None:
