@@ -192,34 +192,47 @@ async def served(name: str, token: str | None = None) -> AsyncIterator[tuple[Fun
 
 
 class Relay:
-    """A TCP relay to the status server: cut it to drop every connection, or refuse ``/events``."""
+    """A TCP relay to the status server: drop every connection, or refuse ``/events``.
+
+    A drop keeps the listener: closing an asyncio server on Python 3.11 while a client's
+    connection is accepted but not yet wrapped fails that wrapping on an assertion
+    (``Server._attach``, CPython gh-109564) and leaves the accepted socket to the garbage
+    collector, an unclosed-socket warning at some later moment. So while dropped, the relay
+    accepts and closes at once (the client sees a dropped connection, as after a restart);
+    only :meth:`close`, once no client is left to connect, closes the listener.
+    """
 
     def __init__(self, url: str) -> None:
         self.upstream = Target.parse(url)
         self.no_events = False
         self.open = False
-        self.port = 0
         self.server: asyncio.Server | None = None
         self.handlers: set[asyncio.Task[None]] = set()
         self.writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        if self.server is None:
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.open = True
-        self.port = self.server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        assert self.server is not None
-        self.open = False  # a connection accepted but not yet handled is closed by its handler
-        self.server.close()
+        """Drop every connection; until :meth:`start`, new ones are closed once accepted."""
+        self.open = False  # a connection accepted from now on is closed by its handler
         for writer in list(self.writers):
             writer.close()
-        await self.server.wait_closed()
         await asyncio.gather(*self.handlers, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drop every connection and stop listening (call once the client has exited)."""
+        await self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -379,7 +392,7 @@ async def test_piped_it_prints_blocks_on_change_and_reconnects_after_a_drop() ->
                     assert await proc.wait() == 0
             assert "\x1b" not in out.text() and "\x1b" not in bytes(out.raw).decode()
         finally:
-            await relay.cut()
+            await relay.close()
 
 
 @pytest.mark.asyncio
@@ -398,7 +411,7 @@ async def test_without_sse_it_polls_status() -> None:
                 async with asyncio.timeout(WAIT):
                     assert await proc.wait() == 0
         finally:
-            await relay.cut()
+            await relay.close()
 
 
 # --- the pieces -------------------------------------------------------------------------
