@@ -51,7 +51,7 @@ from taskpool._answers import (
 )
 from taskpool._channel import FrameProtocol
 from taskpool._context import TaskContext, attach_trace, current, detach_trace
-from taskpool._control import JOURNAL, ControlBlock
+from taskpool._control import HELD, JOURNAL, ControlBlock
 from taskpool._errors import SerializationError
 from taskpool._frames import NO_LIMIT, FrameWriter, Message, WireError
 from taskpool._functions import FnSlot
@@ -93,12 +93,13 @@ FLUSH_AGE = float(os.environ.get("TASKPOOL_FLUSH_AGE", "0.0005"))  # (tests set 
 
 
 class _Job:
-    __slots__ = ("msg", "number", "slot")
+    __slots__ = ("held", "msg", "number", "slot")
 
     def __init__(self, msg: Call, slot: FnSlot, number: int) -> None:
         self.msg = msg
         self.slot = slot
         self.number = number  # in arrival order, 1, 2, ... (see taskpool._control)
+        self.held = -1  # its slot in the control block while it runs as a coroutine
 
 
 class CallServer(FrameProtocol[ToChild]):
@@ -136,6 +137,8 @@ class CallServer(FrameProtocol[ToChild]):
         # call runs to its end inside _run, blocking the loop, so it never stays here.
         self.limit = concurrency
         self.running: dict[int, tuple[_Job, asyncio.Task[Any]]] = {}
+        # Control block slots for coroutine calls (see ControlBlock.hold).
+        self._free_held = list(range(min(concurrency, HELD) - 1, -1, -1))
         self.cancel_asked: set[int] = set()  # running calls the parent cancelled
         self.fns: dict[int, FnSlot] = {}
         self.in_sync = False  # a sync call is running: the loop is blocked
@@ -346,6 +349,9 @@ class CallServer(FrameProtocol[ToChild]):
         at = time.time()
         block = self.control
         sync = not slot.is_async
+        if block is not None and not sync and self._free_held:
+            job.held = self._free_held.pop()
+            block.hold(job.held, job.number)  # before it begins: see ControlBlock.hold
         if block is not None and not msg.report:
             # Told through shared memory (the answer says when it started): no frame, and
             # no write unless output waits that this call could hold back.
@@ -372,6 +378,7 @@ class CallServer(FrameProtocol[ToChild]):
             if block is not None and sync:
                 block.end()
             self._send_error(cid, ERR_LOAD, exc, time.time(), started=started)
+            self._release(job)
             return True
         loop = self._loop
         assert loop is not None
@@ -396,6 +403,9 @@ class CallServer(FrameProtocol[ToChild]):
                 self.in_sync = False
             if res is not None and inspect.isawaitable(res):
                 if block is not None and sync:
+                    if job.held < 0 and self._free_held:
+                        job.held = self._free_held.pop()
+                        block.hold(job.held, job.number)  # before end(): never seen ended
                     block.end()  # not a sync call after all: it goes on as a task
                 # The task (and its done callback) runs in a context of its own, the call's.
                 context = contextvars.copy_context()
@@ -411,6 +421,7 @@ class CallServer(FrameProtocol[ToChild]):
                 block.end()
             slot.timed(end - at)
             self._send_error(cid, ERR_RAISED, exc, end, started=started)
+            self._release(job)
             return True
         finally:
             if token is None:
@@ -424,7 +435,16 @@ class CallServer(FrameProtocol[ToChild]):
             block.end()
         slot.timed(end - at)
         self._send_result(cid, res, end, started)
+        if job.held >= 0:  # (an async-declared function that returned a plain value)
+            self._release(job)
         return True
+
+    def _release(self, job: _Job) -> None:
+        """The call's answer is queued: give back its control block slot, if it held one."""
+        if job.held >= 0:
+            self.control.release(job.held)  # type: ignore[union-attr]
+            self._free_held.append(job.held)
+            job.held = -1
 
     def _journal(self, block: ControlBlock) -> bool:
         """Copy the answers waiting to be written into the control block's journal, so
@@ -459,7 +479,8 @@ class CallServer(FrameProtocol[ToChild]):
                 self._jlen = 0
 
     def _task_done(self, cid: int, started: float, task: asyncio.Task[Any]) -> None:
-        if self.running.pop(cid, None) is None or self.lost:
+        entry = self.running.pop(cid, None)
+        if entry is None or self.lost:
             return
         at = time.time()
         asked = cid in self.cancel_asked
@@ -480,6 +501,7 @@ class CallServer(FrameProtocol[ToChild]):
                 self._send_error(
                     cid, ERR_RAISED, exc.original if isinstance(exc, Escaped) else exc, at, started=started
                 )
+        self._release(entry[0])
         # Frames may have arrived since the loop last read (a task that never yielded
         # ends in the iteration after the one that read its Call): check before starting.
         self._pump(check=True)

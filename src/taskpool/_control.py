@@ -15,6 +15,11 @@ Two things cross it, each with no system call on the hot path:
   begun. That tells the pool, without a ``Started`` frame per call, which calls a dead
   worker had begun (they failed with it; later ones go back to the queue), which call a
   cancel would interrupt, and what ``status()`` counts as started.
+- **Calls that went on as coroutines** (the worker writes): ``running`` names only the
+  sync call blocking the worker; a coroutine call holds a slot of its own (its number)
+  from before it begins until its answer is queued. So the pool can tell a call that
+  ended, whose answer is still on its way (its loop fell behind reading), from one that
+  runs: cancelling the first must not kill the worker and the call running after it.
 - **Answers not written yet** (the worker writes): a worker runs a burst of quick calls
   back to back and writes their answers in one go. Before each such call it copies the
   answers still waiting into the block's *journal* (no system call); once they are
@@ -33,7 +38,7 @@ import mmap
 import os
 import struct
 
-__all__ = ["JOURNAL", "ControlBlock"]
+__all__ = ["HELD", "JOURNAL", "ControlBlock"]
 
 _COUNT = struct.Struct("<Q")  # at 0: control frames sent by the pool
 _BEGUN = struct.Struct("<qdq")  # at 8: started (number), its start time, running (number or 0)
@@ -43,7 +48,12 @@ _JLEN_AT = 32
 _JOURNAL_AT = 40
 #: Bytes of answers the journal holds; more waiting, and the worker writes them instead.
 JOURNAL = 64 * 1024 - _JOURNAL_AT
-_SIZE = _JOURNAL_AT + JOURNAL
+#: Coroutine calls a worker can hold at once (its ``concurrency`` is at most this).
+HELD = 1024
+_HELD_AT = _JOURNAL_AT + JOURNAL
+_HELD = struct.Struct(f"<{HELD}q")
+_SLOT = struct.Struct("<q")
+_SIZE = _HELD_AT + _HELD.size
 _NOT_RUNNING = struct.pack("<q", 0)
 
 
@@ -96,6 +106,19 @@ class ControlBlock:
         started, _, running = _BEGUN.unpack_from(self._mm, 8)
         return bool(0 < number <= started and running != number)
 
+    def ended(self, number: int) -> bool:
+        """Whether call ``number`` has begun and run to its end: its answer is queued,
+        written, or in the journal. (Not the sync call running, nor a coroutine call
+        holding a slot.)"""
+        started, _, running = _BEGUN.unpack_from(self._mm, 8)
+        if not 0 < number <= started or running == number:
+            return False
+        return number not in _HELD.unpack_from(self._mm, _HELD_AT)
+
+    def journaled(self) -> bool:
+        """Whether answers wait in the journal: queued by the worker, not written yet."""
+        return bool(_JLEN.unpack_from(self._mm, _JLEN_AT)[0])
+
     def journal(self) -> bytes:
         """The answers the worker had not written yet (frames, back to back); read once it
         is dead. A frame it was still copying is not counted in yet."""
@@ -116,6 +139,16 @@ class ControlBlock:
     def end(self) -> None:
         """The sync call that began last has returned."""
         self._mm[_RUNNING_AT:_JLEN_AT] = _NOT_RUNNING
+
+    def hold(self, slot: int, number: int) -> None:
+        """Call ``number`` runs as a coroutine, in ``slot`` (0 to ``HELD - 1``, one per
+        call running at once). Held before the call begins (or before :meth:`end`, for a
+        sync call that went on as a coroutine), so it is never seen begun and not held."""
+        _SLOT.pack_into(self._mm, _HELD_AT + 8 * slot, number)
+
+    def release(self, slot: int) -> None:
+        """The call in ``slot`` has ended and its answer is queued."""
+        _SLOT.pack_into(self._mm, _HELD_AT + 8 * slot, 0)
 
     def append(self, at: int, frames: bytes | bytearray) -> int:
         """Put ``frames`` in the journal at offset ``at``; then count them in (so a frame is

@@ -39,7 +39,7 @@ from typing import Any
 
 from ._answers import error_messages, unsendable_messages
 from ._context import TaskContext, attach_trace, current, detach_trace
-from ._control import ControlBlock
+from ._control import HELD, ControlBlock
 from ._events import resolve
 from ._functions import is_async_callable
 from ._wire import ERR_LOAD, ERR_RAISED
@@ -162,7 +162,7 @@ class SlotActor:
                     exc = exc.original
                 logging.getLogger(init_logger).critical("Exception in initializer:", exc_info=exc)
                 failure = f"{type(exc).__name__}: {exc}"
-        self._runners = [loop.create_task(self._runner()) for _ in range(self._concurrency)]
+        self._runners = [loop.create_task(self._runner(i)) for i in range(self._concurrency)]
         return failure, socket.gethostname(), os.getpid(), self._block is not None
 
     async def run(self, calls: list[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
@@ -313,7 +313,9 @@ class SlotActor:
             blob = _dumps(f"<undecodable: {type(exc).__name__}: {exc}>")
         self.emit(("p", task_id, topic, blob))
 
-    async def _runner(self) -> None:
+    async def _runner(self, slot: int) -> None:
+        """Run calls from the inbox one at a time; ``slot``: this runner's control block
+        slot (see ControlBlock.hold), held while a call runs."""
         work = self._work
         inbox = self._inbox
         while True:
@@ -327,7 +329,7 @@ class SlotActor:
                 continue
             job = inbox.popleft()
             try:
-                answer = await self._run_job(job)
+                answer = await self._run_job(job, slot)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # a bug of ours: the call fails, the worker lives
@@ -335,13 +337,16 @@ class SlotActor:
             if not job.fut.done():
                 job.fut.set_result(answer)
 
-    async def _run_job(self, job: _Job) -> tuple[Any, ...]:
+    async def _run_job(self, job: _Job, slot: int) -> tuple[Any, ...]:
         cid = job.cid
         if cid in self._stopped:
             self._stopped.discard(cid)
             return (cid, A_RETURNED, None, time.time(), 0.0)
         block = self._block
+        held = block is not None and slot < HELD
         if block is not None:  # begun (before loading: that may run user code)
+            if held:
+                block.hold(slot, job.number)  # until its answer is made: see ControlBlock.ended
             block.begin(job.number, time.time(), not job.is_async)
         timer = None
         try:
@@ -394,6 +399,8 @@ class SlotActor:
             if timer is not None:
                 timer.cancel()
             self._reported.discard(cid)
+            if held:
+                block.release(slot)  # type: ignore[union-attr]
 
     async def _await(self, cid: int, awaitable: Any, started: float, ctx: TaskContext) -> tuple[Any, ...]:
         assert self._loop is not None

@@ -48,10 +48,13 @@ from .ray import RayWorkers
 if TYPE_CHECKING:
     from ._task import Task
 
-__all__ = ["CANCEL_GRACE", "START_TIMEOUT", "RayWorker"]
+__all__ = ["ANSWER_WAIT", "CANCEL_GRACE", "START_TIMEOUT", "RayWorker"]
 
 #: Seconds an async call has to stop after a cancel before its actor is killed.
 CANCEL_GRACE = 1.0
+#: Seconds a cancelled call that has ended (the shared control block says so) may take for
+#: its answer to come before its actor is killed (see taskpool._workers._process).
+ANSWER_WAIT = 30.0
 #: Seconds a new actor has to be placed and answer (the initializer's time not counted).
 START_TIMEOUT = 120.0
 #: Seconds a stopping worker waits for its running calls before its actor is killed.
@@ -410,13 +413,24 @@ class RayWorker(Worker):
         self._send_control(cid)
         if cid in self._async and cid not in self._timers and not self._killed:
             grace = CANCEL_GRACE if self.spec.cancel_grace is None else self.spec.cancel_grace
-            self._timers[cid] = self.host.loop.call_later(grace, self._cancel_overdue, cid)
+            self._timers[cid] = self.host.loop.call_later(grace, self._cancel_overdue, cid, grace)
         return CancelResult.STOPPING
 
-    def _cancel_overdue(self, cid: int) -> None:
+    def _cancel_overdue(self, cid: int, grace: float, waited: float = 0.0) -> None:
         self._timers.pop(cid, None)
-        if cid in self._calls and cid in self._started:
-            self._retire_now(f"call {cid} ignored cancellation")
+        if cid not in self._calls or cid not in self._started:
+            return
+        block = self._block
+        if block is not None and block.ended(self._numbers.get(cid, 0)):
+            # It stopped; its answer waits behind what the pool has not taken in yet.
+            # Killing the actor now would fail the call it runs next.
+            waited += grace
+            if waited < ANSWER_WAIT:
+                self._timers[cid] = self.host.loop.call_later(grace, self._cancel_overdue, cid, grace, waited)
+            else:
+                self._retire_now(f"the answer to call {cid} never came")
+            return
+        self._retire_now(f"call {cid} ignored cancellation")
 
     def _retire_now(self, why: str) -> None:
         """Kill the actor for work that cannot be stopped otherwise (a retirement)."""

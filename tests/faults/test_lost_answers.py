@@ -91,3 +91,89 @@ async def test_cancelling_a_call_that_has_returned_spares_the_call_running_after
             assert await y == "y"
         snap = pool.snapshot().workers[0]
         assert snap.pid == pid and snap.restarts == 0  # never replaced
+
+
+async def _grace_passes(worker: Any, call_id: int) -> None:
+    """Wait until the cancel grace for ``call_id`` has run out once (its timer fired)."""
+    handle = worker._timers[call_id]
+    await poll_until(lambda: worker._timers.get(call_id) is not handle, "the cancel grace to run out")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_answer_read_late_spares_the_call_running_after_it(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pool's loop falls behind (here: reading paused) for longer than the cancel grace,
+    # while X's answer waits in the socket and Y runs. X has ended (the control block says
+    # so): the worker must not be killed for it, which would fail Y (the soak found it,
+    # with a loop slowed by hooks that logged tracebacks).
+    from taskpool._workers import _process
+    from taskpool.testing import Gate, block_gate, wait_gate
+
+    monkeypatch.setattr(_process, "CANCEL_GRACE", 0.1)
+    async with FunctionPool(1, worker="process") as pool, Gate() as gate:
+        assert await pool.add_task(x.soak_sync, "ok", 0) == 0
+        worker = process_worker(pool, 0)
+        pid = worker.pid
+        if kind == "sync":
+            xt = pool.add_task(block_gate, gate.path, "x", timeout=30)  # its start is reported
+        else:
+            xt = pool.add_task(wait_gate, gate.path, "x")  # cancelled in the worker
+        await gate.arrived("x")
+        await poll_until(lambda: worker._control.begun()[0] >= worker._numbers[xt.id], "X to begin")
+        y = pool.add_task(block_gate, gate.path, "y")
+        await poll_until(lambda: y.id in worker._numbers, "Y to be sent")
+        worker._channel.transport.pause_reading()  # from now on X's answer stays in the socket
+        if kind == "sync":
+            gate.release("x")
+            await gate.arrived("y")  # X returned, Y runs
+            assert xt.cancel() is True
+        else:
+            assert xt.cancel() is True  # the worker cancels X, then begins Y
+            await gate.arrived("y")
+        await _grace_passes(worker, xt.id)
+        await _grace_passes(worker, xt.id)
+        worker._channel.transport.resume_reading()
+        gate.release("y")
+        async with asyncio.timeout(WAIT):
+            assert await y == "y"
+        await poll_until(lambda: xt.id not in worker._calls, "X's answer to be read")
+        snap = pool.snapshot().workers[0]
+        assert snap.pid == pid and snap.restarts == 0  # never replaced
+
+
+async def test_a_call_whose_answer_never_comes_retires_its_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The block says X returned, but its answer never comes while the pool keeps reading
+    # (a broken channel): after ANSWER_WAIT the worker is replaced, and the calls behind
+    # X still run.
+    from taskpool import _wire
+    from taskpool._workers import _process
+    from taskpool.testing import Gate, block_gate
+
+    monkeypatch.setattr(_process, "CANCEL_GRACE", 0.05)
+    monkeypatch.setattr(_process, "ANSWER_WAIT", 0.3)
+    async with FunctionPool(1, worker="process", restart=RestartPolicy(delay=0.01)) as pool, Gate() as gate:
+        assert await pool.add_task(x.soak_sync, "ok", 0) == 0
+        worker = process_worker(pool, 0)
+        pid = worker.pid
+        xt = pool.add_task(block_gate, gate.path, "x", timeout=30)
+        await gate.arrived("x")
+        await poll_until(lambda: xt.started_at is not None, "X's Started frame to be read")
+        # Lose X's answer on the pool's side, as a broken channel would.
+        on_message = worker._on_message
+
+        def losing(msg: Any) -> None:
+            if isinstance(msg, _wire.Answers):
+                msg.items = [m for m in msg.items if m.id != xt.id]
+            if getattr(msg, "id", None) != xt.id:
+                on_message(msg)
+
+        worker._on_message = losing
+        gate.release("x")
+        await poll_until(lambda: worker._control.returned(worker._numbers[xt.id]), "X to return")
+        assert xt.cancel() is True
+        async with asyncio.timeout(WAIT):
+            await poll_until(lambda: pool.snapshot().workers[0].pid not in (None, pid), "the worker to be replaced")
+            assert await pool.add_task(x.soak_sync, "ok", 3) == 6
+    lines = [str(getattr(r, "msg", "")) + str(r.__dict__) for r in caplog.records]
+    assert any(f"the answer to call {xt.id} never came" in line for line in lines), lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -58,6 +59,63 @@ async def test_an_async_call_is_cancelled_inside_its_actor_which_lives_on() -> N
             assert (event.topic, event.data, event.task_id) == ("cancelled", "a", task.id)
         with pytest.raises(TaskCancelled):
             await task
+        _, after = await pool.add_task(rf.where)
+        assert after == before  # same actor: nothing was killed
+
+
+@pytest.mark.asyncio
+async def test_an_answer_taken_in_late_spares_the_call_running_beside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pool takes in a cancelled call's answer later than the cancel grace (here: its
+    # reply held back) while another call runs on the same actor. The shared control
+    # block says the cancelled call ended: its actor must not be killed for it, which
+    # would fail the other call, which nobody cancelled.
+    from taskpool import _ray_worker
+    from taskpool.testing import Gate, block_gate, wait_gate
+
+    monkeypatch.setattr(_ray_worker, "CANCEL_GRACE", 0.1)
+    async with FunctionPool(1, worker="ray", concurrency=2) as pool, Gate() as gate:
+        _, before = await pool.add_task(rf.where)
+        # The private worker object (no public API hands it out): the live one of this pool.
+        core = pool._core  # type: ignore[attr-defined]
+        found = [
+            w
+            for w in gc.get_objects()
+            if isinstance(w, _ray_worker.RayWorker) and w.host is core and w._actor is not None
+        ]
+        assert len(found) == 1, found
+        worker = found[0]
+        assert worker._block is not None  # on this machine: starts are read from the block
+        xt = pool.add_task(wait_gate, gate.path, "x")
+        y = pool.add_task(block_gate, gate.path, "y")
+        await gate.arrived("x", "y")
+        held: list[object] = []
+        released = False
+        on_reply = worker._on_reply
+
+        def holding(ref: object) -> None:
+            _, answers = ref.result()  # type: ignore[attr-defined]
+            if any(a[0] == xt.id for a in answers) and not released:
+                held.append(ref)
+            else:
+                on_reply(ref)
+
+        monkeypatch.setattr(worker, "_on_reply", holding)
+        worker.sync_starts()
+        assert xt.cancel() is True  # cancelled in the actor, while Y runs beside it
+        async with asyncio.timeout(30):
+            await gate.hung_up("x")  # X stopped
+            for _ in range(2):  # the grace runs out, twice
+                handle = worker._timers[xt.id]
+                while worker._timers.get(xt.id) is handle:
+                    await asyncio.sleep(0.01)
+            while not held:
+                await asyncio.sleep(0.01)
+        assert xt.id in worker._calls
+        released = True
+        for ref in held:
+            on_reply(ref)
+        gate.release("y")
+        assert await asyncio.wait_for(y, 30) == "y"
         _, after = await pool.add_task(rf.where)
         assert after == before  # same actor: nothing was killed
 

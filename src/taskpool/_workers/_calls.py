@@ -41,7 +41,7 @@ from ._base import Worker
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["START_DEADLINE", "START_POLL", "Channel", "ProcessCalls"]
+__all__ = ["START_DEADLINE", "START_POLL", "Channel", "ProcessCalls", "readable"]
 
 #: Seconds a worker that runs nothing has to answer (any frame) once a call was handed to
 #: it; silent longer, it is deemed frozen (e.g. SIGSTOPped) and killed.
@@ -56,7 +56,7 @@ class ProcessCalls(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._channel: FrameProtocol[Any] | None = None
+        self._channel: Channel | None = None
         self._calls: dict[int, Task[Any]] = {}  # sent, not yet answered (in the order sent)
         self._returning: set[int] = set()  # cancelled only to be handed back unstarted
         self._running: set[int] = set()  # begun (loading or started), not yet answered
@@ -260,7 +260,7 @@ class ProcessCalls(Worker):
         if now - self._quiet_since < START_DEADLINE:
             return
         channel = self._channel
-        if channel is not None and _readable(channel):
+        if channel is not None and readable(channel):
             self._quiet_since = None  # its frames wait unread (our loop was late): it is alive
             return
         unsent = self._unsent()
@@ -288,7 +288,7 @@ class ProcessCalls(Worker):
         return len(channel.writer) + channel.transport.get_write_buffer_size() + backlog
 
 
-def _readable(channel: FrameProtocol[Any]) -> bool:
+def readable(channel: FrameProtocol[Any]) -> bool:
     """Bytes from the worker (or its EOF) wait unread in the channel's socket."""
     t = channel.transport
     sock = t.get_extra_info("socket") if t is not None else None
@@ -307,6 +307,7 @@ class Channel(FrameProtocol[_wire.ToParent]):
         self.worker = worker
         self._rest_fd = -1  # our own copy of the socket's fd: see connection_lost
         self._broken = False
+        self.received = 0  # bytes read so far (progress, for a late answer: see _cancel_overdue)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -341,6 +342,7 @@ class Channel(FrameProtocol[_wire.ToParent]):
     def buffer_updated(self, nbytes: int) -> None:
         w = self.worker
         w._heard = True  # any byte from the worker proves it alive (see _watch)
+        self.received += nbytes
         host = w.host
         try:
             messages = self.parser.buffer_updated(nbytes)

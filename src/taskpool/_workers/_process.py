@@ -61,16 +61,22 @@ from .._functions import FunctionTable
 from .._init import write_setup
 from .._spawn import read_lines, spawn_child
 from ._base import INIT_FAILED, CancelResult, Capabilities, WorkerExit, log_path
-from ._calls import START_DEADLINE, START_POLL, Channel, ProcessCalls
+from ._calls import START_DEADLINE, START_POLL, Channel, ProcessCalls, readable
 from ._output import pass_through
 
 if TYPE_CHECKING:
     from .._task import Task
 
-__all__ = ["CANCEL_GRACE", "START_DEADLINE", "START_POLL", "START_TIMEOUT", "ProcessWorker"]
+__all__ = ["ANSWER_WAIT", "CANCEL_GRACE", "START_DEADLINE", "START_POLL", "START_TIMEOUT", "ProcessWorker"]
 
 #: Seconds an async call has to stop after Cancel before its worker is killed.
 CANCEL_GRACE = 1.0
+#: Seconds at most that the pool waits, reading, for the answer of a cancelled call that
+#: has ended (the control block says so), past its CANCEL_GRACE. Such an answer is late
+#: only when the pool's loop fell behind reading: killing the worker then would fail the
+#: call running after it, which nobody cancelled. With nothing left to read and nothing
+#: read for a grace, the channel is broken and the worker is killed at once.
+ANSWER_WAIT = 30.0
 #: Seconds a new worker has to answer its handshake.
 START_TIMEOUT = 60.0
 #: Seconds a worker asked to stop (Shutdown) has before it is terminated.
@@ -466,21 +472,37 @@ class ProcessWorker(ProcessCalls):
             # Running: it has CANCEL_GRACE to stop. Not begun: the worker may start it
             # before it reads the Cancel; then, still running after the grace, it is stopped.
             grace = CANCEL_GRACE if self.spec.cancel_grace is None else self.spec.cancel_grace
-            self._timers[call_id] = self.host.loop.call_later(grace, self._cancel_overdue, call_id, grace)
+            seen = -1 if self._channel is None else self._channel.received
+            self._timers[call_id] = self.host.loop.call_later(grace, self._cancel_overdue, call_id, grace, 0.0, seen)
         return CancelResult.STOPPING
 
-    def _cancel_overdue(self, call_id: int, grace: float) -> None:
+    def _cancel_overdue(self, call_id: int, grace: float, waited: float = 0.0, seen: int = -1) -> None:
         self._timers.pop(call_id, None)
         if call_id not in self._calls:
             return
         block = self._control
+        number = self._numbers.get(call_id, 0)
+        channel = self._channel
+        if block is not None and block.ended(number) and channel is not None:
+            # It stopped (or returned). Its answer is on the way while the pool is behind:
+            # bytes wait unread, some were read since the last look, or answers wait in
+            # the journal. Killing the worker now would fail the call it runs next.
+            behind = channel.received != seen or readable(channel) or block.journaled()
+            waited += grace
+            if behind and waited < ANSWER_WAIT:
+                self._timers[call_id] = self.host.loop.call_later(
+                    grace, self._cancel_overdue, call_id, grace, waited, channel.received
+                )
+            else:
+                self._retire_now(f"the answer to call {call_id} never came (a broken channel)")
+            return
         if call_id in self._async_calls or call_id in self._running or block is None:
             self._retire_now(f"call {call_id} ignored cancellation")
             return
         begun, _, now = block.begun()
-        if now == self._numbers.get(call_id):
+        if now == number:
             self._retire_now(f"call {call_id} was cancelled as it started")
-        elif not self._ended and self._numbers.get(call_id, 0) > begun:
+        elif not self._ended and number > begun:
             # Still waiting behind a long call: look again later.
             self._timers[call_id] = self.host.loop.call_later(grace, self._cancel_overdue, call_id, grace)
 
