@@ -407,9 +407,16 @@ class RayWorker(Worker):
             return CancelResult.STOPPING
         if cid not in self._async and cid in self._started:
             block = self._block
-            if block is not None and block.returned(self._numbers.get(cid, 0)):
-                return CancelResult.STOPPING  # it returned: its answer is on the way
-            return CancelResult.UNSTOPPABLE  # a blocking call: its actor must go
+            if block is None:
+                return CancelResult.UNSTOPPABLE  # a blocking call: its actor must go
+            # Counted before looking, a fence: the actor begins no other call until the
+            # cancel that goes with the count reaches it. Sent only if the call returned:
+            # so a kill decided here never lands on a call begun since the look.
+            block.bump()
+            if not block.returned(self._numbers.get(cid, 0)):
+                return CancelResult.UNSTOPPABLE
+            self._actor.cancel.remote(cid, False)  # it returned: its answer is on the way
+            return CancelResult.STOPPING
         self._send_control(cid)
         if cid in self._async and cid not in self._timers and not self._killed:
             grace = CANCEL_GRACE if self.spec.cancel_grace is None else self.spec.cancel_grace
@@ -421,7 +428,10 @@ class RayWorker(Worker):
         if cid not in self._calls or cid not in self._started:
             return
         block = self._block
+        if block is not None:
+            block.bump()  # a fence before looking (see cancel); released below if it ended
         if block is not None and block.ended(self._numbers.get(cid, 0)):
+            self._actor.cancel.remote(cid, True)
             # It stopped; its answer waits behind what the pool has not taken in yet.
             # Killing the actor now would fail the call it runs next.
             waited += grace

@@ -270,3 +270,11 @@ async def chatter_at_gate(path: str, tag: str) -> str:
     from taskpool.testing import wait_gate
 
     return await wait_gate(path, tag)
+
+
+def until_file(path: str, tag: str) -> str:
+    """Block until ``path`` exists (made by the test, from a callback that blocks the
+    pool's loop: a Gate, served by that loop, could not release the call then)."""
+    while not os.path.exists(path):
+        time.sleep(0.001)
+    return tag

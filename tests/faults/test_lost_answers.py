@@ -13,6 +13,7 @@ replacement.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -177,3 +178,49 @@ async def test_a_call_whose_answer_never_comes_retires_its_worker(
             assert await pool.add_task(x.soak_sync, "ok", 3) == 6
     lines = [str(getattr(r, "msg", "")) + str(r.__dict__) for r in caplog.records]
     assert any(f"the answer to call {xt.id} never came" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("reported", [False, True])
+async def test_a_kill_decided_as_the_call_returns_never_lands_on_the_next_call(
+    reported: bool, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # T runs when it is cancelled, so its worker must go. Between the look at the control
+    # block and the kill, the pool's loop is held up (a slow log handler, say) while T
+    # returns. The worker must not begin N meanwhile: the kill would fail N, which nobody
+    # cancelled. N never began: it runs on the replacement.
+    t_file, n_file = tmp_path / "t", tmp_path / "n"
+    async with FunctionPool(1, worker="process", restart=RestartPolicy(delay=0.01)) as pool:
+        assert await pool.add_task(x.soak_sync, "ok", 0) == 0
+        worker = process_worker(pool, 0)
+        block = worker._control
+        t = pool.add_task(x.until_file, str(t_file), "t", timeout=60 if reported else None)
+        n = pool.add_task(x.until_file, str(n_file), "n")
+        await poll_until(lambda: n.id in worker._numbers, "N to be sent")
+        nt, nn = worker._numbers[t.id], worker._numbers[n.id]
+        await poll_until(lambda: block.begun()[2] == nt, "T to begin")
+        if reported:
+            await poll_until(lambda: t.started_at is not None, "T's Started frame to be read")
+        sup = pool._core.sup  # type: ignore[attr-defined]
+        retire = sup.retire
+        seen: dict[str, bool] = {}
+
+        def slow_retire(slot: Any, reason: str) -> None:
+            t_file.touch()  # T returns now, before the kill
+            deadline = time.monotonic() + WAIT
+            while not block.returned(nt):
+                assert time.monotonic() < deadline, "T never returned"
+                time.sleep(0.001)
+            # Held up for a while: long enough for the worker to begin N, were it free to.
+            until = time.monotonic() + 0.3
+            while time.monotonic() < until and block.begun()[0] < nn:
+                time.sleep(0.001)
+            seen["n began"] = block.begun()[0] >= nn
+            retire(slot, reason)
+
+        monkeypatch.setattr(sup, "retire", slow_retire)
+        assert t.cancel() is True
+        assert seen == {"n began": False}
+        n_file.touch()
+        async with asyncio.timeout(WAIT):
+            assert await n == "n"  # on the replacement
+        assert pool.snapshot().workers[0].restarts == 1

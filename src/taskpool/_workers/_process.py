@@ -381,6 +381,8 @@ class ProcessWorker(ProcessCalls):
             # after the call, which nothing can interrupt. Stop it, unless the control
             # block says it has returned already (its answer is on the way).
             block = self._control
+            if block is not None and not loading:
+                self._fence(call_id)
             if loading or block is None or block.begun()[2] == self._numbers.get(call_id):
                 self._retire_now(f"call {call_id} was cancelled as it started")
             return None
@@ -453,21 +455,17 @@ class ProcessWorker(ProcessCalls):
         began = running
         block = self._control
         if not running and block is not None and call_id not in self._loading:
-            # Its start may not have been reported: the control block tells. (One whose
-            # start was reported is handled below: its answer may never come, say from a
-            # worker that broke its channel, so it gets the grace, not trust.)
+            # Its start may not have been reported: the control block tells.
             begun, _, now = block.begun()
             n = self._numbers.get(call_id, 0)
             began = n <= begun
             running = began and (not sync or now == n)
             if began and not running:
                 return CancelResult.STOPPING  # it has returned: its answer is on the way
-        if not (running and sync):
-            self._write(_wire.Cancel(call_id))
-        elif block is None or not block.returned(self._numbers.get(call_id, 0)):
+        self._fence(call_id)  # (the Cancel), before looking again below
+        if running and sync and (block is None or not block.returned(self._numbers.get(call_id, 0))):
             return CancelResult.UNSTOPPABLE  # a running sync call cannot be interrupted: the worker must go
-        # (Else it returned since its start was reported: a kill now would hit the call
-        # running next. Its answer should be on the way; the grace below bounds the wait.)
+        # (Else it returned: a kill would hit the call running next. See _cancel_overdue.)
         if not self._ended and (began or (sync and block is not None)):
             # Running: it has CANCEL_GRACE to stop. Not begun: the worker may start it
             # before it reads the Cancel; then, still running after the grace, it is stopped.
@@ -481,6 +479,8 @@ class ProcessWorker(ProcessCalls):
         if call_id not in self._calls:
             return
         block = self._control
+        if block is not None:
+            self._fence(call_id)  # before looking
         number = self._numbers.get(call_id, 0)
         channel = self._channel
         if block is not None and block.ended(number) and channel is not None:
@@ -505,6 +505,13 @@ class ProcessWorker(ProcessCalls):
         elif not self._ended and number > begun:
             # Still waiting behind a long call: look again later.
             self._timers[call_id] = self.host.loop.call_later(grace, self._cancel_overdue, call_id, grace)
+
+    def _fence(self, call_id: int) -> None:
+        """Send ``Cancel(call_id)`` (again) before reading the block to decide on a kill:
+        counted at once, written at the end of this iteration, and the worker begins no
+        call until it read it. So a kill decided now never lands on a call begun since the
+        look (the worker ends a call in the block, then reads the count)."""
+        self._write(_wire.Cancel(call_id))
 
     def _retire_now(self, why: str) -> None:
         """Kill the worker for work that cannot be stopped otherwise; the pool replaces
