@@ -6,7 +6,9 @@ Two things cross it, each with no system call on the hot path:
   ``Shutdown`` frame it sends; the worker counts those it has read. Before it starts a
   queued call the worker compares the two: while the pool is ahead, a control frame waits
   in the socket, and the worker reads it first. So a call cancelled while it waits in
-  the worker's window never starts.
+  the worker's window never starts; and a frame counted before the pool looks at the
+  block, then written after a kill it decided, keeps the worker from beginning another
+  call between the look and the kill (a fence).
 - **Calls begun** (the worker writes): calls are numbered 1, 2, ... in the order the pool
   sent them (the worker counts them as they arrive, in the same order). Before a call
   begins (before its arguments are loaded: that may run user code) the worker writes its
