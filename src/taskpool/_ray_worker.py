@@ -415,7 +415,7 @@ class RayWorker(Worker):
             block.bump()
             if not block.returned(self._numbers.get(cid, 0)):
                 return CancelResult.UNSTOPPABLE
-            self._actor.cancel.remote(cid, False)  # it returned: its answer is on the way
+            self._actor.cancel.remote(cid, True)  # it returned (its answer is on the way): the count's frame
             return CancelResult.STOPPING
         self._send_control(cid)
         if cid in self._async and cid not in self._timers and not self._killed:

@@ -20,6 +20,7 @@ import pytest
 
 from taskpool import FunctionPool, RestartPolicy, WorkerCrashed
 
+from .. import _funcs as f
 from .._support import WAIT, process_worker, settle
 from . import _faults as x
 from ._poll import gone, poll_until
@@ -224,3 +225,29 @@ async def test_a_kill_decided_as_the_call_returns_never_lands_on_the_next_call(
         async with asyncio.timeout(WAIT):
             assert await n == "n"  # on the replacement
         assert pool.snapshot().workers[0].restarts == 1
+
+
+async def test_a_loading_frame_read_late_for_a_cancelled_call_spares_the_next_call(tmp_path: Any) -> None:
+    # T's first call in the worker sends Loading (its function is imported first). The
+    # pool's loop falls behind (reading paused) while the worker loads and runs T, then
+    # begins N. T is cancelled, and then its Loading is read: T has returned (the block
+    # says so), so nothing is killed; N, which nobody cancelled, runs on. (The slow-loop
+    # soak found this.)
+    n_file = tmp_path / "n"
+    async with FunctionPool(1, worker="process") as pool:
+        assert await pool.add_task(f.add, 1, 1) == 2  # neither function below is loaded yet
+        worker = process_worker(pool, 0)
+        pid, block = worker.pid, worker._control
+        worker._channel.transport.pause_reading()
+        t = pool.add_task(x.soak_sync, "ok", 1)
+        n = pool.add_task(x.until_file, str(n_file), "n")
+        await poll_until(lambda: n.id in worker._numbers, "N to be sent")
+        nn = worker._numbers[n.id]
+        await poll_until(lambda: block.begun()[2] == nn, "T to return and N to begin")
+        assert t.cancel() is True
+        worker._channel.transport.resume_reading()
+        n_file.touch()
+        async with asyncio.timeout(WAIT):
+            assert await n == "n"
+        snap = pool.snapshot().workers[0]
+        assert snap.pid == pid and snap.restarts == 0  # never replaced

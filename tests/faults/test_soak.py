@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import random
 import time
@@ -42,8 +43,9 @@ N = int(os.environ.get("TASKPOOL_SOAK_TASKS", "20000"))
 SEED = int(os.environ.get("TASKPOOL_SOAK_SEED", "20261123"))
 
 
-def make_plan(rng: random.Random) -> list[tuple[Any, str, float | None, str]]:
-    """(function, what, timeout, cancel) for each task; cancel is "", "now" or "later"."""
+def make_plan(rng: random.Random, later: float = 0.005) -> list[tuple[Any, str, float | None, str]]:
+    """(function, what, timeout, cancel) for each task; cancel is "", "now" or "later"
+    (``later``: the share of tasks cancelled as an earlier task settles)."""
     plan = []
     for i in range(N):
         r = rng.random()
@@ -58,19 +60,46 @@ def make_plan(rng: random.Random) -> list[tuple[Any, str, float | None, str]]:
         else:
             fn, what, timeout = (x.soak_sync if i % 3 else x.soak_async), "ok", None
         c = rng.random()
-        cancel = "now" if c < 0.005 else "later" if c < 0.01 else ""
+        cancel = "now" if c < 0.005 else "later" if c < 0.005 + later else ""
         plan.append((fn, what, timeout, cancel))
     return plan
 
 
-@pytest.mark.parametrize("intake", ["submit", "add_task", "retries"])
+class _SlowHandler(logging.Handler):
+    """A log handler that holds up the pool's loop for each record, as one rendering
+    tracebacks to a terminal does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("intake", ["submit", "add_task", "retries", "slow-loop"])
 async def test_soak(intake: str) -> None:
     """``submit`` against ``max_queue`` (every start reported as it happens), or
     ``add_task`` with no bound (starts told through the control block and the answers),
     or ``add_task`` with random priorities and one retry for every task (a crash or a
-    hang happens again on the retry: same outcome, two attempts)."""
+    hang happens again on the retry: same outcome, two attempts), or ``add_task`` on a
+    pool whose loop is slow: each log record (a worker retired, a hook raised) holds it
+    up, and so do the hooks now and then."""
+    if intake == "slow-loop":
+        logger = logging.getLogger("taskpool")
+        handler, level = _SlowHandler(logging.INFO), logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            await _soak(intake)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    else:
+        await _soak(intake)
+
+
+async def _soak(intake: str) -> None:
     rng = random.Random(SEED)
-    plan = make_plan(rng)
+    # Slow loop: more tasks cancelled while they may run (the kill for one that runs a sync
+    # call is decided, then made after a log record that holds up the loop).
+    plan = make_plan(rng, 0.05 if intake == "slow-loop" else 0.005)
     prio = random.Random(SEED + 1)
     tasks: list[Task[Any]] = []
     done_calls: collections.Counter[int] = collections.Counter()
@@ -80,6 +109,8 @@ async def test_soak(intake: str) -> None:
 
     def then_hook(result: Any, task: Task[Any]) -> None:
         nonlocal hook_raised
+        if intake == "slow-loop" and result % 50 == 0:
+            time.sleep(0.001)  # a hook that holds up the loop
         if result % 97 == 0:
             hook_raised += 1
             raise RuntimeError(f"then hook fails on {result}")

@@ -26,10 +26,10 @@ takes, and ``InitFailed`` (or dying first) ends ``run`` with a reason that start
 ``INIT_FAILED``, ``on_ready`` never called.
 
 Stopping work for real: ``cancel`` sends ``Cancel(id)``; an async call is cancelled in
-the child. A sync call cannot be interrupted, so its worker is killed at once (and an
-async call that does not stop within ``CANCEL_GRACE`` seconds too); the pool replaces
-the worker. A worker that dies mid-call surfaces as ``WorkerCrashed`` with its exit code
-or signal; unstarted calls it held go back to the pool's queue.
+the child. A sync call cannot be interrupted, so its worker is killed at once (an async
+call that does not stop within ``CANCEL_GRACE`` too), never one begun after the decision
+(see ``_fence``). A worker dying mid-call gives ``WorkerCrashed``; unstarted calls it
+held go back to the pool's queue.
 
 A worker is not trusted to behave: a frame or segment over ``spec.max_message_size``, an
 undecodable frame or one meant for the other direction kills it (nothing is allocated
@@ -231,10 +231,9 @@ class ProcessWorker(ProcessCalls):
 
     @staticmethod
     async def _drain(channel: Channel) -> None:
-        # The process exit and the channel's last frames arrive by different routes, in
-        # no set order. Read to EOF first: a Loading or Started still in the socket
-        # decides whether the call it names crashed (WorkerCrashed) or never began
-        # (requeued), and a Result or Publish written just before dying is not lost.
+        # The exit and the channel's last frames come in no set order. Read to EOF first:
+        # a Loading or Started in the socket decides whether its call crashed or never
+        # began (requeued); a Result or Publish written just before dying is not lost.
         closed = channel.closed
         if closed is not None and not closed.done():
             await asyncio.wait({closed}, timeout=DRAIN_TIMEOUT)
@@ -378,13 +377,16 @@ class ProcessWorker(ProcessCalls):
         self._running.add(call_id)
         if task.done() and call_id not in self._async_calls:
             # Cancelled while its start was on the way: our Cancel reaches the child only
-            # after the call, which nothing can interrupt. Stop it, unless the control
-            # block says it has returned already (its answer is on the way).
+            # after the call, which nothing can interrupt. Stop it, unless the block says
+            # it returned (the pool's loop may have been held up meanwhile).
             block = self._control
-            if block is not None and not loading:
+            if block is not None:
                 self._fence(call_id)
-            if loading or block is None or block.begun()[2] == self._numbers.get(call_id):
-                self._retire_now(f"call {call_id} was cancelled as it started")
+                number = self._numbers.get(call_id, 0)
+                begun, _, now = block.begun()
+                if now != number and not (loading and begun < number):
+                    return None  # returned (a call still loading has not begun in the block)
+            self._retire_now(f"call {call_id} was cancelled as it started")
             return None
         return task
 
@@ -522,8 +524,7 @@ class ProcessWorker(ProcessCalls):
 
     def reclaim(self, task: Task[Any]) -> bool:
         # Work stealing: ask the child to hand back an unstarted call. It answers
-        # "cancelled" (we requeue it for an idle worker) or starts it anyway (it runs
-        # here); either way the answer is asynchronous, so nothing moves now.
+        # "cancelled" (requeued for an idle worker) or starts it anyway (it runs here).
         if task.id in self._calls and task.id not in self._running and task.id not in self._returning:
             self._returning.add(task.id)
             self._write(_wire.Cancel(task.id, queued_only=True))
