@@ -10,7 +10,9 @@ to sleep and being woken (on its lock, or in its loop) never misses work.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import time
 import traceback
 
 import pytest
@@ -197,6 +199,47 @@ async def test_a_worker_retired_beside_running_coroutines_ends_once_its_call_ret
             assert not old.is_alive()
     finally:
         release.set()
+
+
+async def test_a_retirement_decided_as_the_call_returns_never_takes_the_next_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """T runs when it is cancelled: its worker is retired. Between the look and the
+    retirement, the pool's loop is held up (a slow log handler, say) while T returns. The
+    thread must not take N meanwhile (N would run on an abandoned thread, and fail as
+    WorkerCrashed though nobody cancelled it): N runs on the fresh worker."""
+    release_t, started_t = threading.Event(), threading.Event()
+    release_n, started_n = threading.Event(), threading.Event()
+    try:
+        async with FunctionPool(1, worker="thread") as pool:
+            assert await pool.add_task(f.add, 1, 1) == 2
+            core = pool._core  # type: ignore[attr-defined]
+            [worker] = [w for w in gc.get_objects() if isinstance(w, _thread.ThreadWorker) and w.host is core]
+            t = pool.add_task(f.block_on_event, release_t, started_t)
+            n = pool.add_task(f.block_on_event, release_n, started_n)
+            await asyncio.to_thread(started_t.wait, WAIT)
+            assert n in worker._inbox  # handed to the thread, waiting behind T
+            retire = core.sup.retire
+            seen: dict[str, bool] = {}
+
+            def slow_retire(slot: object, reason: str) -> None:
+                release_t.set()  # T returns now, before the retirement
+                deadline = time.monotonic() + WAIT
+                while worker._sync_task is t:
+                    assert time.monotonic() < deadline, "T never returned"
+                    time.sleep(0.001)
+                seen["n began"] = started_n.wait(0.3)  # long enough, were the thread free to
+                retire(slot, reason)
+
+            monkeypatch.setattr(core.sup, "retire", slow_retire)
+            assert t.cancel() is True
+            assert seen == {"n began": False}
+            release_n.set()
+            async with asyncio.timeout(WAIT):
+                assert await n == "unblocked"  # on the fresh worker
+    finally:
+        release_t.set()
+        release_n.set()
 
 
 # --- bursts and wake-ups ------------------------------------------------------------------

@@ -84,6 +84,7 @@ class ThreadWorker(Worker):
         self._cancelling: set[Task[Any]] = set()  # runners cancelled for them (worker thread only)
         self._killed = False
         self._sync_task: Task[Any] | None = None  # in a plain call: cannot be interrupted
+        self._held = False  # take no task from the inbox: the pool decides on a retirement
         self._thread: threading.Thread | None = None
         self._ended: asyncio.Future[WorkerExit] | None = None
         self._gone: asyncio.Future[None] | None = None  # the thread has ended
@@ -191,9 +192,21 @@ class ThreadWorker(Worker):
         # seen in its call, or sees the ask before the call and skips it.
         self._stop_asked.add(task)
         if self._sync_task is task and not inspect.iscoroutinefunction(task.fn):
-            return CancelResult.UNSTOPPABLE  # (a coroutine function returns at once: stoppable)
+            # Held, then looked at again: the thread takes no task until the end of this
+            # loop iteration, so the retirement (made in this iteration) never abandons
+            # one it took since the look, after this call returned.
+            self._held = True
+            self.host.loop.call_soon(self._let_go)
+            if self._sync_task is task:
+                return CancelResult.UNSTOPPABLE  # (a coroutine function returns at once: stoppable)
         self._in_worker_loop(self._cancel_asked)  # a coroutine (or done): cancelled if it runs
         return CancelResult.STOPPING
+
+    def _let_go(self) -> None:
+        self._held = False
+        if self._sleeping:
+            self._sleeping = False
+            self._poke()
 
     def reclaim(self, task: Task[Any]) -> bool:
         try:
@@ -312,11 +325,18 @@ class ThreadWorker(Worker):
         wake = self._wake
         clock = time.time
         while True:
+            if self._held:  # the pool decides on a retirement (see cancel): take nothing
+                self._sleeping = True
+                if self._held:
+                    wake.acquire()
+                else:  # let go since our look: no wake-up is coming
+                    self._sleeping = False
+                continue
             try:
                 task = popleft()
             except IndexError:
                 self._sleeping = True
-                if inbox:  # appended between our look and the flag: no wake-up is coming
+                if inbox or self._held:  # appended (or held) since our look: look again
                     self._sleeping = False
                 else:
                     wake.acquire()
@@ -393,14 +413,14 @@ class ThreadWorker(Worker):
             if coro is None:
                 if self._leaving:
                     return
-                if not inbox:
+                if not inbox or self._held:
                     if self._idle == self._n_runners - 1:  # nothing runs, nothing waits: leave the loop
                         self._leaving = True
                         awake.set()
                         return
                     awake.clear()
                     self._sleeping = True
-                    if inbox:  # appended between our look and the flag: no wake-up is coming
+                    if inbox and not self._held:  # appended since our look: no wake-up is coming
                         self._sleeping = False
                         continue
                     self._idle += 1
