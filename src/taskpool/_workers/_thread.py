@@ -326,11 +326,7 @@ class ThreadWorker(Worker):
         clock = time.time
         while True:
             if self._held:  # the pool decides on a retirement (see cancel): take nothing
-                self._sleeping = True
-                if self._held:
-                    wake.acquire()
-                else:  # let go since our look: no wake-up is coming
-                    self._sleeping = False
+                self._sleep_held()
                 continue
             try:
                 task = popleft()
@@ -358,6 +354,14 @@ class ThreadWorker(Worker):
                 if not self._flush_pending:
                     flush()
             del task, value  # keep no reference to a settled task or its result
+
+    def _sleep_held(self) -> None:
+        """Sleep until the pool lets go (``_let_go``), unless it already did."""
+        self._sleeping = True
+        if self._held:
+            self._wake.acquire()
+        else:  # let go since our look: no wake-up is coming
+            self._sleeping = False
 
     def _run_loop(self, task: Task[Any], coro: Any) -> None:
         """Serve from this thread's event loop (made now if need be) until it goes idle."""
