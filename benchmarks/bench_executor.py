@@ -3,10 +3,13 @@
 Each part runs ``--repeat`` times (3 by default), taskpool and the peer alternately, on
 ``--workers`` workers (2 by default), each executor warmed up first (its workers started):
 
-- ``roundtrip``: ``executor.submit(noop).result()``, one call at a time, ``--calls`` calls;
-  the median time per call. Peers: ``concurrent.futures.ProcessPoolExecutor`` (the default
-  start method, fork on Linux, and spawn) and ``ThreadPoolExecutor`` for the thread kind.
-  Target: taskpool's process executor <= cf's own (ratio taskpool / cf <= 1).
+- ``roundtrip``: ``executor.submit(noop).result()``, one call at a time, ``--calls`` calls
+  each; the median time per call. Peers: ``concurrent.futures.ProcessPoolExecutor`` (the
+  default start method, fork on Linux, and spawn) and ``ThreadPoolExecutor`` for the thread
+  kind. The executors compared are open together and take turns, ``--block`` calls at a time,
+  so a slow spell of the machine (a neighbour, a frequency change) falls on all of them alike
+  instead of on whichever ran then. Target: taskpool's process executor <= cf's own (ratio
+  taskpool / cf <= 1).
 - ``map``: ``list(executor.map(noop, range(N)))`` for ``--items`` tiny items (100,000);
   items per second. taskpool's map with its defaults (``chunksize=1``: items still travel
   in chunks inside), against cf's ``map(chunksize=1)`` and ``map(chunksize=1000)``.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import statistics
@@ -76,17 +80,24 @@ def _warm(ex: cf.Executor, n: int) -> None:
     list(ex.map(noop, range(2000)))
 
 
-def roundtrip(factory: Factory, workers: int, calls: int) -> float:
-    """Median seconds of one ``submit(noop).result()``."""
-    with factory(workers) as ex:
-        _warm(ex, workers)
-        times = []
+def roundtrip(factories: dict[str, Factory], workers: int, calls: int, block: int) -> dict[str, float]:
+    """Median seconds of one ``submit(noop).result()`` on each executor, taking turns."""
+    with contextlib.ExitStack() as stack:
+        executors = {name: stack.enter_context(make(workers)) for name, make in factories.items()}
+        for ex in executors.values():
+            _warm(ex, workers)
+        times: dict[str, list[float]] = {name: [] for name in executors}
         clock = time.perf_counter
-        for _ in range(calls):
-            t = clock()
-            ex.submit(noop).result()
-            times.append(clock() - t)
-    return statistics.median(times)
+        order = list(executors.items())
+        for turn in range(max(1, calls // block)):
+            k = turn % len(order)  # (each executor leads in turn)
+            for name, ex in order[k:] + order[:k]:
+                out = times[name]
+                for _ in range(block):
+                    t = clock()
+                    ex.submit(noop).result()
+                    out.append(clock() - t)
+    return {name: statistics.median(vals) for name, vals in times.items()}
 
 
 def map_rate(factory: Factory, workers: int, items: int, chunksize: int) -> float:
@@ -110,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--block", type=int, default=100, help="round trip: calls per turn")
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI smoke)")
     parser.add_argument("--json", help="also write the raw numbers here")
@@ -118,23 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [p for p in parts if p not in PARTS]:
         parser.error(f"unknown part(s) {bad}; choose from {PARTS}")
     repeat, calls, items = (1, 200, 10_000) if ns.quick else (ns.repeat, ns.calls, ns.items)
+    if ns.block < 1:
+        parser.error("--block must be at least 1")
     results: dict[str, Any] = {"workers": ns.workers, "repeat": repeat}
     lines = [f"# Executors vs concurrent.futures ({ns.workers} workers, {repeat} runs)", ""]
 
     if "roundtrip" in parts:
         rt: dict[str, list[float]] = {"taskpool process": [], "cf process": [], "cf process (spawn)": []}
         rt |= {"taskpool thread": [], "cf thread": []}
-        makers = {
-            "taskpool process": _taskpool_process,
-            "cf process": _cf_process,
-            "cf process (spawn)": _cf_process_spawn,
-            "taskpool thread": _taskpool_thread,
-            "cf thread": _cf_thread,
-        }
+        groups: list[dict[str, Factory]] = [
+            {"taskpool process": _taskpool_process, "cf process": _cf_process, "cf process (spawn)": _cf_process_spawn},
+            {"taskpool thread": _taskpool_thread, "cf thread": _cf_thread},
+        ]
         for _ in range(repeat):
-            for name, make in makers.items():
-                rt[name].append(roundtrip(make, ns.workers, calls))
-                print(f"roundtrip {name}: {rt[name][-1] * 1e6:.1f} us", file=sys.stderr)
+            for group in groups:
+                for name, median in roundtrip(group, ns.workers, calls, ns.block).items():
+                    rt[name].append(median)
+                    print(f"roundtrip {name}: {median * 1e6:.1f} us", file=sys.stderr)
         ratios = [a / b for a, b in zip(rt["taskpool process"], rt["cf process"], strict=True)]
         ratios_spawn = [a / b for a, b in zip(rt["taskpool process"], rt["cf process (spawn)"], strict=True)]
         thread_ratios = [a / b for a, b in zip(rt["taskpool thread"], rt["cf thread"], strict=True)]
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "thread_ratio": thread_ratios,
         }
         lines += [
-            f"## submit(noop).result(), one at a time ({calls} calls, median)",
+            f"## submit(noop).result(), one at a time ({calls} calls each, in turns of {ns.block}, median)",
             "",
             "| executor | per call (µs), each run |",
             "| --- | --- |",

@@ -135,13 +135,17 @@ def test_running_is_true_exactly_while_the_call_runs(make: Callable[..., Executo
         first = ex.submit(F.gate, g.path, "first")
         second = ex.submit(F.add, 1, 2)
         g.arrived("first")
-        until(first.running, "the first call to be running")
+        # At once: running() asks the pool, which reads the start off the worker.
+        assert first.running()
         assert not second.running()  # queued behind it: not started
         assert not second.done()
+        assert not first.cancel()  # started: it runs on
+        assert first.running()
         g.release("first")
         assert first.result(timeout=T) == "first"
         assert second.result(timeout=T) == 3
     assert not first.running()
+    assert not second.running()
 
 
 # --- cancel ---------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from taskpool import FunctionPool, PoolClosed
+from taskpool import FunctionPool, PoolClosed, TaskCancelled
 from taskpool.executor import PoolExecutor
-from taskpool.testing import Gate, block_gate
+from taskpool.testing import Gate, block_gate, wait_gate
 
 from . import _executor_funcs as F
 
@@ -104,6 +104,39 @@ async def test_cancelling_the_awaiting_code_withdraws_a_call_not_started(pool: F
         assert await asyncio.gather(*held) == ["h0", "h1"]
     await pool.join()
     assert not marker.exists()
+
+
+async def test_running_says_when_the_call_started_on_the_loop_and_from_threads(pool: FunctionPool) -> None:
+    ex = PoolExecutor(pool)
+    async with Gate() as gate:
+        fut = ex.submit(block_gate, gate.path, "r")  # on the loop's thread: added directly
+        other = await in_thread(lambda: ex.submit(block_gate, gate.path, "other"))
+        await gate.arrived("r", "other")
+        assert fut.running()  # asked on the loop's thread: no round trip
+        assert await in_thread(fut.running)  # asked from another thread: a round trip
+        assert await in_thread(other.running)
+        assert not fut.cancel()
+        gate.release("r", "other")
+        assert await asyncio.wrap_future(fut) == "r"
+        assert await asyncio.wrap_future(other) == "other"
+    assert not fut.running()
+    assert not await in_thread(other.running)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_call_stopped_while_it_ran_fails_instead_of_reading_as_never_run(kind: str) -> None:
+    pool = FunctionPool(1, worker=kind)
+    await pool.start()
+    ex = PoolExecutor(pool)
+    async with Gate() as gate:
+        ran = ex.submit(wait_gate, gate.path, "ran")
+        never = ex.submit(F.add, 1, 2)
+        await gate.arrived("ran")
+        await pool.aclose(cancel=True)  # stops the running call, withdraws the other
+    assert ran.done()
+    assert not ran.cancelled()  # it ran: cancelled() would say it never did
+    assert isinstance(ran.exception(), TaskCancelled)
+    assert never.cancelled()
 
 
 async def test_shutdown_on_the_loop_does_not_wait_and_leaves_the_pool_running(pool: FunctionPool) -> None:

@@ -7,17 +7,18 @@ Every executor (:mod:`taskpool.executor`) talks to its pool through one :class:`
     submit(fn, *args) ─► ExecutorFuture
        lock: pending.append((fut, fn, args)) ─(one call_soon_threadsafe per batch)─► _drain()
                                                       core.add(fn, args) -> Task
-                                                      start callback ─► fut: RUNNING
     fut.result() ◄──── fut.set_result / set_exception ◄── done callback (errors translated)
+    fut.running() ───────────── round trip ───────► task.started_at (read off the worker)
     fut.cancel(): still in the pending batch ─► dropped here, no round trip
                   else ───────────── round trip ───────► core.withdraw_wait(task)
     map(fn, items) ─► MapJob (taskpool._executor_map), through the same pending batches
 
-A caller on the loop's own thread (``run_in_executor`` with ``pool.executor()``) adds its
-task directly and cancels with the synchronous ``core.withdraw``: it never waits on the
-loop it runs on. The futures are real :class:`concurrent.futures.Future` objects, so
-``concurrent.futures.wait`` and ``as_completed`` work on them; they settle on the loop's
-thread, where their done callbacks run.
+A caller on the loop's own thread (``run_in_executor`` with ``pool.executor()``) adds its task
+directly and cancels with the synchronous ``core.withdraw``: it never waits on the loop it runs
+on. ``running()`` asks the pool, as ``cancel()`` does (pushing each start to its future would
+make every call's worker report it: a process worker, a frame more). The futures are real
+:class:`concurrent.futures.Future` objects, so ``wait`` and ``as_completed`` work on them;
+they settle on the loop's thread, where their done callbacks run.
 
 :class:`~taskpool._executor_errors.ErrorStyle` turns the pool's failures into what
 ``concurrent.futures`` code expects (``BrokenProcessPool``, the task's own exception,
@@ -31,7 +32,7 @@ import collections
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import QueueFull, TaskCancelled
@@ -100,10 +101,11 @@ def interpreter_shutting_down() -> bool:
 
 
 class ExecutorFuture(Future[Any]):
-    """A :class:`concurrent.futures.Future` whose :meth:`cancel` asks the pool.
+    """A :class:`concurrent.futures.Future` whose :meth:`cancel` and :meth:`running` ask the pool.
 
     ``cancel()`` is True only when the call is certain never to run: still on its way
     to the pool, in the pool's queue, or taken back unstarted from a worker's window.
+    ``running()`` is True once the call started in its worker, until it settles.
     """
 
     def __init__(self, bridge: Bridge) -> None:
@@ -130,6 +132,24 @@ class ExecutorFuture(Future[Any]):
         if bridge is None:
             return super().cancel()
         return bridge.cancel(self)
+
+    def running(self) -> bool:
+        """True when the call started in its worker and has not settled yet.
+
+        The future is not told of the start as it happens: this asks the pool (from a
+        thread other than the pool's loop, a round trip to the loop). Once it said True,
+        the future stays RUNNING until it settles.
+        """
+        with self._condition:
+            state = self._state
+        if state == RUNNING:
+            return True
+        if state != PENDING:
+            return False
+        bridge = self._tp_bridge
+        if bridge is None:
+            return False
+        return bridge.running(self)
 
     def result(self, timeout: float | None = None) -> Any:
         """As :meth:`concurrent.futures.Future.result`.
@@ -311,6 +331,30 @@ class Bridge:
         except RuntimeError:  # the loop is gone: whatever happened to the call happened
             return fut.cancelled()
 
+    def running(self, fut: ExecutorFuture) -> bool:
+        """``fut.running()``: whether its call started and has not settled."""
+        task = fut._tp_task
+        if task is None or task is DROPPED or task is SETTLED:
+            return fut._state == RUNNING  # not in the pool (on its way, waiting for room), or done
+        if threading.get_ident() == self.loop_thread:
+            return self._started_now(fut)
+        try:
+            return self.call(self._started_async(fut))
+        except RuntimeError:  # the loop is gone: nothing runs any more
+            return False
+
+    async def _started_async(self, fut: ExecutorFuture) -> bool:
+        return self._started_now(fut)
+
+    def _started_now(self, fut: ExecutorFuture) -> bool:
+        task = fut._tp_task
+        if task is None or task is DROPPED or task is SETTLED or fut._state != PENDING:
+            return fut._state == RUNNING
+        if task.started_at is None:  # (read off the worker: a start not reported yet counts)
+            return False
+        fut.set_running_or_notify_cancel()
+        return True
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for its outcome (from another thread).
 
@@ -388,7 +432,6 @@ class Bridge:
         self._tasks[task] = fut
         # (Bound per task, not once on self: a bridge referring to itself would only be
         # freed by the cyclic GC, and with it the pool's workers and their threads.)
-        task.add_start_callback(self._started)
         task.add_done_callback(self._settled)
 
     def _feed(self) -> None:
@@ -428,11 +471,6 @@ class Bridge:
             self._feeding = False
             self._maybe_idle()
 
-    def _started(self, task: Task[Any]) -> None:
-        fut = self._tasks.get(task)
-        if fut is not None and fut._state not in _DONE_STATES and fut._state != RUNNING:
-            fut.set_running_or_notify_cancel()
-
     def _settled(self, task: Task[Any]) -> None:
         fut = self._tasks.pop(task, None)
         if fut is None:
@@ -445,7 +483,7 @@ class Bridge:
             if exc is None:
                 fut.set_result(task.result())
             elif isinstance(exc, TaskCancelled):
-                if fut._state == RUNNING:
+                if task.started_at is not None:
                     fut.set_exception(exc)  # stopped while it ran (the pool closed cancelling)
                 else:
                     cancel_future(fut)
