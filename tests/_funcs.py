@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from typing import Any
 
@@ -187,3 +188,18 @@ async def async_fail_on_multiple_of_3(x: int) -> int:
     """The coroutine version of :func:`fail_on_multiple_of_3`."""
     await asyncio.sleep(0)
     return fail_on_multiple_of_3(x)
+
+
+def exit_on_3(x: int) -> int:
+    """``x``, but ``sys.exit(4)`` for 3 (a BaseException from one item of a map)."""
+    if x == 3:
+        sys.exit(4)
+    return x
+
+
+async def async_cancel_on_3(x: int) -> int:
+    """``x``, but the call's own ``CancelledError`` for 3 (not a cancellation from outside)."""
+    await asyncio.sleep(0)
+    if x == 3:
+        raise asyncio.CancelledError("its own")
+    return x

@@ -8,6 +8,7 @@ of calls that must not run are files.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import logging
@@ -146,6 +147,44 @@ def test_running_is_true_exactly_while_the_call_runs(make: Callable[..., Executo
         assert second.result(timeout=T) == 3
     assert not first.running()
     assert not second.running()
+
+
+def test_waiting_in_a_done_callback_raises_instead_of_hanging_the_pool(make: Callable[..., Executor]) -> None:
+    # Done callbacks run on the pool's loop thread, which settles the futures: wait() or
+    # as_completed() there for a pending one would block that loop (for good without a
+    # timeout). They raise, as result() does; a poll, a done future or another
+    # executor's future are still fine there.
+    ex = make(2)
+    seen: dict[str, Any] = {}
+    called = threading.Event()
+    with SyncGate() as g, cf.ThreadPoolExecutor(1) as plain:
+        other = ex.submit(F.gate, g.path, "other")
+        g.arrived("other")
+
+        def outcome(wait: Callable[[], Any]) -> Any:
+            try:
+                return wait()
+            except RuntimeError as exc:
+                return exc
+
+        def callback(fut: cf.Future[Any]) -> None:
+            seen["wait"] = outcome(lambda: cf.wait([other], timeout=2))
+            seen["as_completed"] = outcome(lambda: next(cf.as_completed([other], timeout=2)))
+            seen["poll"] = outcome(lambda: cf.wait([other], timeout=0))
+            seen["done"] = outcome(lambda: cf.wait([fut], timeout=2))
+            seen["plain"] = outcome(lambda: cf.wait([plain.submit(F.add, 1, 1)], timeout=T))
+            called.set()
+
+        ex.submit(F.add, 1, 2).add_done_callback(callback)
+        assert called.wait(T)
+        g.release("other")
+        assert other.result(timeout=T) == "other"
+    for name in ("wait", "as_completed"):
+        assert isinstance(seen[name], RuntimeError), (name, seen[name])
+        assert "would block that loop" in str(seen[name])
+    assert seen["poll"].not_done == {other}
+    assert len(seen["done"].done) == 1
+    assert len(seen["plain"].done) == 1
 
 
 # --- cancel ---------------------------------------------------------------------------------
@@ -489,6 +528,15 @@ def test_max_tasks_per_child_replaces_the_worker() -> None:
         assert first == second != third
         assert len(ex._processes) == 1
         assert ex._mp_context.get_start_method() == "spawn"
+
+
+def test_map_never_runs_more_calls_in_a_worker_than_max_tasks_per_child() -> None:
+    # Tiny calls would be sent in chunks (one task each); with max_tasks_per_child the
+    # hint chunksize=1 is kept, so every item counts, as in concurrent.futures.
+    with ProcessPoolExecutor(2, max_tasks_per_child=10) as ex:
+        per_process = collections.Counter(ex.map(F.worker_pid, range(60)))
+    assert sum(per_process.values()) == 60
+    assert max(per_process.values()) <= 10, per_process
 
 
 def test_arguments_are_checked_as_concurrent_futures_does() -> None:

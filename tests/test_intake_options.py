@@ -16,6 +16,7 @@ from taskpool import (
     RemoteTraceback,
     RestartPolicy,
     TaskCancelled,
+    TaskFailed,
     TaskState,
     TaskTimeout,
     WorkerCrashed,
@@ -240,6 +241,26 @@ async def test_map_return_exceptions_with_async_chunks() -> None:
     async with FunctionPool(2, worker="thread") as pool:
         out = [v async for v in pool.map(f.async_fail_on_multiple_of_3, range(7), chunksize=2, return_exceptions=True)]
     assert [type(v).__name__ for v in out] == ["ValueError", "int", "int", "ValueError", "int", "int", "ValueError"]
+
+
+@pytest.mark.parametrize("chunksize", [1, 10])
+async def test_map_return_exceptions_a_base_exception_fails_only_its_item(kind: str, chunksize: int) -> None:
+    # SystemExit from one item: that item fails (TaskFailed, as a task of its own would),
+    # and every other item of its chunk still runs and yields its result.
+    async with FunctionPool(1, worker=kind) as pool:
+        out = [v async for v in pool.map(f.exit_on_3, range(10), chunksize=chunksize, return_exceptions=True)]
+        assert pool.status("failed") == (1 if chunksize == 1 else 0)  # a chunk is one task, and it ran
+    assert [v for i, v in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert isinstance(out[3], TaskFailed)
+    assert "SystemExit" in str(out[3])
+
+
+async def test_map_return_exceptions_an_items_own_cancelled_error_fails_only_it(kind: str) -> None:
+    async with FunctionPool(1, worker=kind) as pool:
+        out = [v async for v in pool.map(f.async_cancel_on_3, range(6), chunksize=6, return_exceptions=True)]
+    assert [v for i, v in enumerate(out) if i != 3] == [0, 1, 2, 4, 5]
+    assert isinstance(out[3], TaskFailed)
+    assert "CancelledError" in str(out[3])
 
 
 async def test_map_without_return_exceptions_still_fails_fast() -> None:

@@ -32,6 +32,16 @@ async def test_an_explicit_chunksize_makes_one_task_per_chunk(kind: str, ordered
     assert (out if ordered else sorted(out)) == [i * i for i in range(100)]
 
 
+async def test_auto_sends_one_item_per_task_when_workers_are_recycled_by_count(kind: str) -> None:
+    # max_tasks_per_worker counts tasks: chunks of tiny calls would let a worker run
+    # thousands of calls before it is replaced.
+    n = 2000
+    async with FunctionPool(2, worker=kind, max_tasks_per_worker=1000) as pool:
+        out = [r async for r in pool.map(f.square, range(n))]
+        assert pool.status("total") == n
+    assert out == [i * i for i in range(n)]
+
+
 async def test_auto_never_chunks_coroutine_functions(kind: str) -> None:
     async with FunctionPool(2, worker=kind) as pool:
         out = [r async for r in pool.map(f.async_square, range(300))]

@@ -7,6 +7,7 @@ the function once, not with every chunk.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import traceback
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 from ._errors import RemoteTraceback, as_task_failed
 
-__all__ = ["ItemFailed", "run_chunk", "run_chunk_async", "run_chunk_settled", "run_chunk_settled_async"]
+__all__ = ["ItemFailed", "item_failed", "run_chunk", "run_chunk_async", "run_chunk_settled", "run_chunk_settled_async"]
 
 
 def run_chunk(fn: Callable[[Any], Any], items: tuple[Any, ...]) -> list[Any]:
@@ -59,22 +60,45 @@ class ItemFailed:
 
 
 def run_chunk_settled(fn: Callable[[Any], Any], items: tuple[Any, ...]) -> list[Any]:
-    """``fn(item)`` for each item; an item that raises gives an :class:`ItemFailed`."""
+    """``fn(item)`` for each item; an item that raises gives an :class:`ItemFailed`.
+
+    Whatever an item raises (``SystemExit`` too) fails only that item, as a task of its
+    own would: the items after it still run.
+    """
     out: list[Any] = []
     for item in items:
         try:
             out.append(fn(item))
-        except Exception as exc:
-            out.append(ItemFailed(exc, "".join(traceback.format_exception(exc))))
+        except BaseException as exc:
+            out.append(item_failed(exc))
     return out
 
 
 async def run_chunk_settled_async(fn: Callable[[Any], Awaitable[Any]], items: tuple[Any, ...]) -> list[Any]:
-    """``await fn(item)`` for each item, one at a time; failures as :class:`ItemFailed`."""
+    """``await fn(item)`` for each item, one at a time; failures as :class:`ItemFailed`.
+
+    A cancellation of the chunk itself (a timeout, ``task.cancel()``) stops it; an item's
+    own ``CancelledError``, ``SystemExit`` or anything else fails only that item.
+    """
     out: list[Any] = []
     for item in items:
         try:
             out.append(await fn(item))
-        except Exception as exc:
-            out.append(ItemFailed(exc, "".join(traceback.format_exception(exc))))
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                raise  # the chunk is being cancelled, not this item failing
+            out.append(item_failed(exc))
     return out
+
+
+def item_failed(exc: BaseException) -> ItemFailed:
+    """``exc`` raised by one item, as its :class:`ItemFailed`: what an exception that is
+    not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``, an own ``CancelledError``)
+    becomes as a task of its own, a :class:`TaskFailed`, so it never stops the map."""
+    tb = "".join(traceback.format_exception(exc))
+    return ItemFailed(exc if isinstance(exc, Exception) else as_task_failed(exc, tb), tb)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

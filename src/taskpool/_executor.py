@@ -31,12 +31,12 @@ import asyncio
 import collections
 import threading
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import QueueFull, TaskCancelled
 from ._executor_errors import ErrorStyle
+from ._executor_future import DROPPED, SETTLED, ExecutorFuture, cancel_future
 from ._loop import in_asyncio, out_of_asyncio
 from ._types import PoolState, TaskState, WorkerState
 
@@ -68,21 +68,6 @@ _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 _OPEN = (PoolState.NEW, PoolState.RUNNING)
 
 
-class _Marker:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: ``ExecutorFuture._tp_task`` when the call was dropped before it became a task.
-DROPPED: Any = _Marker("DROPPED")
-#: ``ExecutorFuture._tp_task`` once its task settled (or could not be added).
-SETTLED: Any = _Marker("SETTLED")
-
 _interpreter_shutdown = False
 
 
@@ -95,92 +80,6 @@ def mark_interpreter_shutdown() -> None:
 def interpreter_shutting_down() -> bool:
     """Whether :func:`mark_interpreter_shutdown` was called."""
     return _interpreter_shutdown
-
-
-# --------------------------------------------------------------------------- futures
-
-
-class ExecutorFuture(Future[Any]):
-    """A :class:`concurrent.futures.Future` whose :meth:`cancel` and :meth:`running` ask the pool.
-
-    ``cancel()`` is True only when the call is certain never to run: still on its way
-    to the pool, in the pool's queue, or taken back unstarted from a worker's window.
-    ``running()`` is True once the call started in its worker, until it settles.
-    """
-
-    def __init__(self, bridge: Bridge) -> None:
-        super().__init__()
-        self._tp_bridge: Bridge | None = bridge
-        self._tp_task: Any = None  # the Task once added; DROPPED / SETTLED markers
-        self._tp_batch: list[Any] | None = None  # the pending batch it was put in
-
-    def cancel(self) -> bool:
-        """Cancel the call if it will never run; True when it will not (or was cancelled).
-
-        From a thread other than the pool's loop this is a round trip to the loop,
-        unless the call had not reached the pool yet. On the loop's own thread it cannot
-        wait for a process worker to answer, and says False for a call held in a
-        process worker's window.
-        """
-        with self._condition:
-            state = self._state
-        if state in (RUNNING, FINISHED):
-            return False
-        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
-            return True
-        bridge = self._tp_bridge
-        if bridge is None:
-            return super().cancel()
-        return bridge.cancel(self)
-
-    def running(self) -> bool:
-        """True when the call started in its worker and has not settled yet.
-
-        The future is not told of the start as it happens: this asks the pool (from a
-        thread other than the pool's loop, a round trip to the loop). Once it said True,
-        the future stays RUNNING until it settles.
-        """
-        with self._condition:
-            state = self._state
-        if state == RUNNING:
-            return True
-        if state != PENDING:
-            return False
-        bridge = self._tp_bridge
-        if bridge is None:
-            return False
-        return bridge.running(self)
-
-    def result(self, timeout: float | None = None) -> Any:
-        """As :meth:`concurrent.futures.Future.result`.
-
-        Raises:
-            RuntimeError: called on the pool's loop thread before the future is done:
-                the loop settles it, so waiting there would block it for good (await
-                ``asyncio.wrap_future(future)`` instead).
-        """
-        self._check_wait()
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        """As :meth:`concurrent.futures.Future.exception` (and :meth:`result`'s RuntimeError)."""
-        self._check_wait()
-        return super().exception(timeout)
-
-    def _check_wait(self) -> None:
-        bridge = self._tp_bridge
-        if bridge is not None and self._state not in _DONE_STATES and bridge.on_loop():
-            raise RuntimeError(
-                "waiting for an executor's future on its pool's own loop thread would block that loop "
-                "for good: await asyncio.wrap_future(future) instead"
-            )
-
-
-def cancel_future(fut: ExecutorFuture) -> None:
-    """Cancel a pending future and tell its waiters at once (``wait``, ``as_completed``)."""
-    if Future.cancel(fut):
-        fut.set_running_or_notify_cancel()
-    fut._tp_bridge = None  # (done: see Bridge._settled)
 
 
 class Job(Protocol):

@@ -71,7 +71,9 @@ class MapJob:
         self.star = star
         is_async = is_async_callable(fn)
         self.size = 1 if is_async else chunksize
-        self.auto = chunksize == 1 and not is_async
+        # (max_tasks_per_child counts tasks: chunks made by measurement would let a worker
+        # run far more calls than that before it is replaced; cf's chunksize=1 never does.)
+        self.auto = chunksize == 1 and not is_async and bridge.core.options.max_tasks_per_worker is None
         self.chunk_fn: Callable[..., Any] | None = (
             None if is_async else functools.partial(run_star_items if star else run_items, fn)
         )

@@ -196,6 +196,7 @@ def start_map(
     iterable: Iterable[Any] | AsyncIterable[Any],
     *,
     pool_size: int,
+    recycles_by_count: bool = False,
     ordered: bool,
     window: int | None,
     chunksize: int | str,
@@ -212,7 +213,9 @@ def start_map(
     check_callable("map()", fn)
     if not isinstance(iterable, (Iterable, AsyncIterable)):
         raise TypeError(f"map() needs an iterable or async iterable, got {type(iterable).__name__}")
-    size: int | None = None
+    # A pool replacing workers after N tasks counts a chunk as one: "auto" would let a
+    # worker run thousands of calls before it is replaced, so it sends one item per task.
+    size: int | None = 1 if recycles_by_count else None
     if chunksize != "auto":
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise ValueError(f"chunksize must be 'auto' or an int >= 1, got {chunksize!r}")

@@ -443,8 +443,9 @@ class FunctionPool(PoolAttachments):
         plain function's calls are measured to be tiny (under 0.1 ms in the worker: a
         task's own cost dominates them); then as many per task as run about 5 ms (at most
         1024). Coroutine functions are chunked only when asked (their calls wait on I/O;
-        a chunk awaits its items one after the other). Hooks and status see a chunk as one
-        task; ``window`` counts tasks.
+        a chunk awaits its items one after the other), and nothing is chunked by "auto" in
+        a pool with ``max_tasks_per_worker``, which counts tasks. Hooks and status see a
+        chunk as one task; ``window`` counts tasks.
 
         ``return_exceptions=True``: a failure is yielded as its exception object, in its
         place, instead of ending the map (a chunk runs every one of its items; a chunk
@@ -467,6 +468,7 @@ class FunctionPool(PoolAttachments):
             fn,
             iterable,
             pool_size=self.pool_size,
+            recycles_by_count=self._core.options.max_tasks_per_worker is not None,
             ordered=ordered,
             window=window,
             chunksize=chunksize,
