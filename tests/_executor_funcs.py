@@ -230,6 +230,11 @@ def return_bad_on_dump(_: Any = None) -> BadOnDump:
     return BadOnDump()
 
 
+def bad_on_dump_at(bad: int, x: int) -> Any:
+    """``x``, but a result that cannot be pickled for ``bad``."""
+    return BadOnDump() if x == bad else x
+
+
 # --- initializers ---------------------------------------------------------------------------
 
 INIT_STATE = "uninitialized"

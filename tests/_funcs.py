@@ -203,3 +203,8 @@ async def async_cancel_on_3(x: int) -> int:
     if x == 3:
         raise asyncio.CancelledError("its own")
     return x
+
+
+def lock_on(bad: int, x: int) -> Any:
+    """``x``, but a ``threading.Lock`` (which does not pickle) for ``bad``."""
+    return threading.Lock() if x == bad else x

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -528,6 +529,29 @@ def test_max_tasks_per_child_replaces_the_worker() -> None:
         assert first == second != third
         assert len(ex._processes) == 1
         assert ex._mp_context.get_start_method() == "spawn"
+
+
+@pytest.mark.parametrize("chunksize", [1, 64])
+@pytest.mark.parametrize("side", ["argument", "result"])
+def test_map_an_item_that_cannot_cross_fails_in_its_place(chunksize: int, side: str) -> None:
+    # As concurrent.futures with chunksize=1: every result before the bad item, then what
+    # pickling raised, whether the items travelled in chunks (measured or asked) or not.
+    n, bad = 3000, 2000
+    with ProcessPoolExecutor(2) as ex:
+        if side == "argument":
+            items: list[Any] = list(range(n))
+            items[bad] = threading.Lock()
+            results = ex.map(F.identity, items, chunksize=chunksize)
+        else:
+            results = ex.map(functools.partial(F.bad_on_dump_at, bad), range(n), chunksize=chunksize)
+        got = []
+        with pytest.raises((TypeError, pickle.PicklingError)) as info:
+            for v in results:
+                got.append(v)
+        assert got == list(range(bad))
+        assert ex.submit(F.add, 1, 2).result(timeout=T) == 3  # nothing broke
+    if side == "result":
+        assert isinstance(info.value.__cause__, _RemoteTraceback)  # raised in the worker
 
 
 def test_map_never_runs_more_calls_in_a_worker_than_max_tasks_per_child() -> None:

@@ -5,6 +5,7 @@ on_worker_crash, start_workers="on_demand", thread_name_prefix, and withdraw()."
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from taskpool import (
     PoolBroken,
     RemoteTraceback,
     RestartPolicy,
+    SerializationError,
     TaskCancelled,
     TaskFailed,
     TaskState,
@@ -261,6 +263,22 @@ async def test_map_return_exceptions_an_items_own_cancelled_error_fails_only_it(
     assert [v for i, v in enumerate(out) if i != 3] == [0, 1, 2, 4, 5]
     assert isinstance(out[3], TaskFailed)
     assert "CancelledError" in str(out[3])
+
+
+@pytest.mark.parametrize("chunksize", [1, 10])
+async def test_map_return_exceptions_a_result_that_cannot_be_sent_fails_only_its_item(chunksize: int) -> None:
+    # The chunk's list cannot be sent whole: its other results still arrive.
+    async with FunctionPool(1, worker="process") as pool:
+        out = [
+            v
+            async for v in pool.map(
+                functools.partial(f.lock_on, 5), range(10), chunksize=chunksize, return_exceptions=True
+            )
+        ]
+    assert [v for i, v in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert isinstance(out[5], SerializationError)
+    assert "cannot be sent back from the worker" in str(out[5])
+    assert "lock" in str(out[5])
 
 
 async def test_map_without_return_exceptions_still_fails_fast() -> None:

@@ -12,7 +12,7 @@ import contextlib
 import pickle
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskpool._errors import SerializationError
@@ -28,15 +28,56 @@ __all__ = [
 ]
 
 
-def result_message(cid: int, value: Any, at: float, started: float, skip: str) -> Result | tuple[Error, Error]:
-    """The answer for call ``cid`` that returned ``value``: a Result, or the Errors (as
-    :func:`error_messages`) saying why the value cannot be sent. ``skip``: the file whose
-    frames are left out of a traceback (the server's own)."""
+def result_message(
+    cid: int, value: Any, at: float, started: float, skip: str, fn: Any = None
+) -> Result | tuple[Error, Error]:
+    """The answer for call ``cid`` of ``fn`` that returned ``value``: a Result, or the
+    Errors (as :func:`error_messages`) saying why the value cannot be sent. ``skip``: the
+    file whose frames are left out of a traceback (the server's own). A chunk of ``map``
+    whose list cannot be sent whole is sent as :func:`sendable_chunk` makes it."""
     try:
         fmt, data, bufs = dump_value(value)
     except BaseException as exc:
+        fixed = sendable_chunk(fn, value)
+        if fixed is not None:
+            with contextlib.suppress(BaseException):
+                fmt, data, bufs = dump_value(fixed)
+                return Result(cid, fmt, data, bufs, at, started)
         return unsendable_messages(cid, value, exc, at, started, skip)
     return Result(cid, fmt, data, bufs, at, started)
+
+
+def sendable_chunk(fn: Any, value: Any, dump: Callable[[Any], Any] = dump_value) -> list[Any] | None:
+    """What to send for a chunk of ``map`` (``fn`` a ``partial`` of a chunk runner) whose
+    results ``value`` cannot be sent as a whole, or None when ``fn`` is no chunk runner.
+
+    Each result that cannot be sent fails in its own place, as it would have as a task
+    of its own: an :class:`ItemFailed` in ``map(return_exceptions=True)``'s chunks (the
+    others are sent); in an executor's chunks the first one ends the list, carrying the
+    exception pickling raised, which the executor raises in its place after the results
+    before it (``concurrent.futures`` raises it so). ``dump``: how a result is sent.
+    """
+    from taskpool._chunks import ItemFailed, run_chunk_settled, run_chunk_settled_async
+    from taskpool._executor_calls import run_items, run_star_items
+
+    runner = getattr(fn, "func", None)
+    each = runner is run_chunk_settled or runner is run_chunk_settled_async
+    if type(value) is not list or not (each or runner is run_items or runner is run_star_items):
+        return None
+    out: list[Any] = []
+    for v in value:
+        try:
+            dump(v)
+        except BaseException as exc:
+            tb = format_exception(exc, "")
+            if not each:
+                out.append(ItemFailed(exc, tb))
+                break
+            why = f"the result ({_type_name(v)}) cannot be sent back from the worker: {describe(exc)}"
+            out.append(ItemFailed(SerializationError(why), tb))
+        else:
+            out.append(v)
+    return out
 
 
 def unsendable_messages(

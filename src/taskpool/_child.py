@@ -434,7 +434,7 @@ class CallServer(FrameProtocol[ToChild]):
         if block is not None:
             block.end()
         slot.timed(end - at)
-        self._send_result(cid, res, end, started)
+        self._send_result(cid, res, end, started, fn)
         if job.held >= 0:  # (an async-declared function that returned a plain value)
             self._release(job)
         return True
@@ -496,7 +496,7 @@ class CallServer(FrameProtocol[ToChild]):
         else:
             exc = task.exception()
             if exc is None:
-                self._send_result(cid, task.result(), at, started)
+                self._send_result(cid, task.result(), at, started, entry[0].slot.fn)
             else:
                 self._send_error(
                     cid, ERR_RAISED, exc.original if isinstance(exc, Escaped) else exc, at, started=started
@@ -507,8 +507,8 @@ class CallServer(FrameProtocol[ToChild]):
         self._pump(check=True)
 
     # -- answering
-    def _send_result(self, cid: int, value: Any, at: float, started: float = 0.0) -> None:
-        msg = result_message(cid, value, at, started, __file__)
+    def _send_result(self, cid: int, value: Any, at: float, started: float = 0.0, fn: Any = None) -> None:
+        msg = result_message(cid, value, at, started, __file__, fn)
         if type(msg) is Result:
             try:
                 self._answer(msg)

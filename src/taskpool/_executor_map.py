@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._errors import QueueFull, TaskCancelled
+from ._chunks import ItemFailed
+from ._errors import QueueFull, SerializationError, TaskCancelled
 from ._executor import LIVENESS_POLL, withdraw_all
 from ._executor_calls import DONE_ATTR, run_items, run_star_items
 from ._executor_errors import cancelled_error
@@ -80,7 +81,8 @@ class MapJob:
         self.window = window
         self.next = 0  # the next item to submit
         self.emit = 0  # the next item to hand over
-        self.inflight: dict[Task[Any], tuple[int, int]] = {}  # task -> (first item, items; 0: one, unchunked)
+        # task -> (first item, items (0: one, unchunked), the chunk's items or None)
+        self.inflight: dict[Task[Any], tuple[int, int, tuple[Any, ...] | None]] = {}
         self.settled: dict[int, _Entry] = {}  # by first item: settled, not handed over yet
         self.stopped: BaseException | None = None  # why nothing more is submitted
         self.finished = False  # the last entry was handed over (or nobody reads any more)
@@ -107,6 +109,7 @@ class MapJob:
             start = self.next
             size = self.size
             try:
+                chunk: tuple[Any, ...] | None = None
                 if size == 1:
                     item = items[start]
                     task = core.add(self.fn, item if self.star else (item,), None, None)
@@ -124,7 +127,7 @@ class MapJob:
                 self.stopped = self.bridge.style.translate(exc)
                 break
             self.next = start + taken
-            inflight[task] = (start, count)
+            inflight[task] = (start, count, chunk)
             task.add_done_callback(self._done)
         if self.next >= self.n:
             self.items = []  # all submitted: the tasks hold what they need
@@ -141,15 +144,24 @@ class MapJob:
         self._maybe_end()
 
     def _done(self, task: Task[Any]) -> None:
-        start, count = self.inflight.pop(task)
+        start, count, chunk = self.inflight.pop(task)
         if not self.finished:
             exc = task.exception()
-            if exc is None:
+            if exc is not None and chunk is not None and _unsent(task, exc):
+                self._split(start, chunk)  # nothing of it ran: its items go one by one
+            elif exc is None:
                 value = task.result()
                 values: list[Any] = value if count else [value]
                 if self.auto:
                     self._adapt(task, count or 1)
-                self.settled[start] = (values, None)
+                if count and values and type(values[-1]) is ItemFailed:
+                    # A result the worker could not send: the list ends with why, there.
+                    unsent = self.bridge.style.translate(values.pop().exception())
+                    self.settled[start] = (values, unsent)
+                    if self.stopped is None:
+                        self.stopped = unsent
+                else:
+                    self.settled[start] = (values, None)
             else:
                 done: list[Any] = []
                 if count:
@@ -172,6 +184,22 @@ class MapJob:
             finally:
                 out_of_asyncio(token)
         self._maybe_end()
+
+    def _split(self, start: int, chunk: tuple[Any, ...]) -> None:
+        """Send a chunk that could not be sent (an item that does not pickle, a chunk over
+        ``max_message_size``) again, an item per task: the items before a bad one run and
+        it fails in its own place, as with ``concurrent.futures``' ``chunksize=1``."""
+        core = self.bridge.core
+        for i, item in enumerate(chunk):
+            try:
+                task = core.add(self.fn, item if self.star else (item,), None, None)
+            except BaseException as exc:
+                self.settled[start + i] = ([], self.bridge.style.translate(exc))
+                if self.stopped is None:
+                    self.stopped = self.settled[start + i][1]
+                return
+            self.inflight[task] = (start + i, 0, None)
+            task.add_done_callback(self._done)
 
     def _adapt(self, task: Task[Any], count: int) -> None:
         began, ended = task.started_at, task.finished_at
@@ -301,3 +329,9 @@ def iterate(job: MapJob, deadline: float | None) -> Iterator[Any]:
 def empty() -> Iterator[Any]:
     """The iterator of a ``map`` over nothing (a generator, so it can be closed)."""
     yield from ()
+
+
+def _unsent(task: Task[Any], exc: BaseException) -> bool:
+    """Whether ``task`` failed because the pool could not send it (an argument that does
+    not pickle, a message over ``max_message_size``): it never ran."""
+    return task.started_at is None and isinstance(exc, SerializationError) and not str(exc).startswith("cannot receive")

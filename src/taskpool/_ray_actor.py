@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any
 
-from ._answers import error_messages, unsendable_messages
+from ._answers import error_messages, sendable_chunk, unsendable_messages
 from ._context import TaskContext, attach_trace, current, detach_trace
 from ._control import HELD, ControlBlock
 from ._events import resolve
@@ -375,7 +375,7 @@ class SlotActor:
                 try:
                     coro = fn(*args)
                     # (The task copies this context: the trace stays current in it.)
-                    return await self._await(cid, coro, started, ctx)
+                    return await self._await(cid, coro, started, ctx, fn)
                 finally:
                     if trace is not None:
                         detach_trace(trace)
@@ -393,8 +393,8 @@ class SlotActor:
                 self._stopped.discard(cid)
                 return (cid, A_RETURNED, None, time.time(), 0.0)
             if value is not None and inspect.isawaitable(value):
-                return await self._await(cid, value, started, ctx)
-            return _answer(cid, value, time.time(), started)
+                return await self._await(cid, value, started, ctx, fn)
+            return _answer(cid, value, time.time(), started, fn)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -402,7 +402,9 @@ class SlotActor:
             if held:
                 block.release(slot)  # type: ignore[union-attr]
 
-    async def _await(self, cid: int, awaitable: Any, started: float, ctx: TaskContext) -> tuple[Any, ...]:
+    async def _await(
+        self, cid: int, awaitable: Any, started: float, ctx: TaskContext, fn: Any = None
+    ) -> tuple[Any, ...]:
         assert self._loop is not None
         task = self._loop.create_task(_awaited(awaitable, ctx))
         self._running[cid] = task
@@ -416,7 +418,7 @@ class SlotActor:
             return _error(cid, ERR_RAISED, exc, time.time(), started)
         finally:
             self._running.pop(cid, None)
-        return _answer(cid, value, time.time(), started)
+        return _answer(cid, value, time.time(), started, fn)
 
     def _late_start(self, cid: int, started: float) -> None:
         if cid not in self._reported:
@@ -540,12 +542,16 @@ def _dumps(value: Any) -> bytes:
         return cloudpickle.dumps(value, 5)  # type: ignore[no-any-return]
 
 
-def _answer(cid: int, value: Any, at: float, started: float) -> tuple[Any, ...]:
+def _answer(cid: int, value: Any, at: float, started: float, fn: Any = None) -> tuple[Any, ...]:
     if type(value) in _PLAIN:
         return (cid, A_VALUE, value, at, started)
     try:
         return (cid, A_PICKLED, _dumps(value), at, started)
     except BaseException as exc:
+        fixed = sendable_chunk(fn, value, _dumps)  # a chunk of map: each result in its own place
+        if fixed is not None:
+            with contextlib.suppress(BaseException):
+                return (cid, A_PICKLED, _dumps(fixed), at, started)
         err, _ = unsendable_messages(cid, value, exc, at, started, __file__)
         return (cid, A_ERROR, err, at, started)
 

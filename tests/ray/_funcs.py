@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import sys
+import threading
 import time
 
 import taskpool
@@ -66,3 +67,8 @@ def good_init(path: str) -> None:
 
 def init_value() -> str | None:
     return os.environ.get("TASKPOOL_TEST_INIT")
+
+
+def lock_on(bad: int, x: int) -> object:
+    """``x``, but a ``threading.Lock`` (which does not pickle) for ``bad``."""
+    return threading.Lock() if x == bad else x

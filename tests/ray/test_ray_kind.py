@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import subprocess
@@ -11,7 +12,15 @@ import textwrap
 
 import pytest
 
-from taskpool import FunctionPool, PoolBroken, RestartPolicy, TaskCancelled, TaskTimeout, WorkerCrashed
+from taskpool import (
+    FunctionPool,
+    PoolBroken,
+    RestartPolicy,
+    SerializationError,
+    TaskCancelled,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from tests.ray import _funcs as rf
 
 pytestmark = [pytest.mark.ray]
@@ -25,6 +34,30 @@ async def test_node_in_snapshots_and_no_pid() -> None:
         assert [w.node for w in snap.workers] == [host, host]
         assert all(w.pid is None and w.kind == "ray" for w in snap.workers)
         assert pid != os.getpid()
+
+
+@pytest.mark.asyncio
+async def test_a_chunk_result_that_cannot_be_sent_fails_only_its_item() -> None:
+    async with FunctionPool(1, worker="ray") as pool:
+        fn = functools.partial(rf.lock_on, 5)
+        out = [v async for v in pool.map(fn, range(10), chunksize=10, return_exceptions=True)]
+        assert [v for i, v in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+        assert isinstance(out[5], SerializationError)
+        ex = pool.executor()  # an executor's chunk: the results before it, then the error
+
+        def consume() -> tuple[list[object], BaseException | None]:
+            got: list[object] = []
+            try:
+                for v in ex.map(fn, range(10), chunksize=10):
+                    got.append(v)
+            except TypeError as exc:
+                return got, exc
+            return got, None
+
+        got, exc = await asyncio.to_thread(consume)
+        assert got == [0, 1, 2, 3, 4]
+        assert isinstance(exc, TypeError) and "lock" in str(exc)
+        ex.shutdown(wait=False)
 
 
 @pytest.mark.asyncio
