@@ -3,6 +3,7 @@ a kind's capabilities, never its name."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 from collections.abc import Iterator
 from typing import Any
@@ -105,3 +106,35 @@ def test_memory_limits_need_a_kind_that_reports_memory() -> None:
     register_kind("renamed", RenamedInline)
     with pytest.raises(ValueError, match="max_memory_per_worker"):
         FunctionPool(1, worker="renamed", max_memory_per_worker=10**9)
+
+
+class SlowCleanupInline(InlineWorker):
+    """A kind whose pool_closed takes longer than the grace (as stopping a private Ray does)."""
+
+    kind = "slow-cleanup"
+    kills = 0
+    cleaned = False
+
+    @classmethod
+    async def pool_closed(cls, spec: Any) -> None:
+        await asyncio.sleep(1.2)  # the cleanup's own slowness, longer than the grace below
+        cls.cleaned = True
+
+    def kill(self) -> None:
+        type(self).kills += 1
+        super().kill()
+
+
+@pytest.mark.asyncio
+async def test_a_kinds_slow_cleanup_is_waited_for_and_ended_workers_are_not_killed() -> None:
+    # Every worker has ended when pool_closed runs: a grace running out then must not
+    # kill them (a kill through Ray once it stopped started a new Ray), only wait.
+    register_kind("slow-cleanup", SlowCleanupInline)
+    SlowCleanupInline.kills, SlowCleanupInline.cleaned = 0, False
+    pool = FunctionPool(2, worker="slow-cleanup")
+    await pool.start()
+    assert await pool.add_task(f.add, 1, 2) == 3
+    await pool.aclose(grace=0)
+    assert SlowCleanupInline.cleaned  # aclose waited for it
+    assert SlowCleanupInline.kills == 0
+    assert pool.state == "closed"

@@ -162,6 +162,7 @@ class PoolCore(Policies, Lifecycle):
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._loop_thread: int | None = None
         self._host_task: asyncio.Task[None] | None = None
+        self._cleaning_up = False  # the workers ended; the kind lets go of what they shared
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop_event: asyncio.Event | None = None
         self._join_waiters: list[asyncio.Future[None]] = []

@@ -9,7 +9,8 @@
     aclose(cancel, grace)
       ├─ drain (at most `grace`), or cancel tasks and running hooks
       └─ stop event ─► workers asked to stop ─(limit)─► killed ─(KILL_WAIT)─► abandoned,
-                       task group cancelled ─► abandoned threads joined (grace) ─► closed
+                       task group cancelled ─► the kind's pool_closed (STOP_WAIT)
+                       ─► abandoned threads joined (grace) ─► closed
 
 The host task owns the pool's task group, so ``start()`` and ``aclose()`` may be called
 from different tasks, and nothing the pool runs is left behind.
@@ -79,6 +80,7 @@ class Lifecycle:
     _extra_runs: list[Callable[[], Coroutine[Any, Any, None]]]
     _loop_thread: int | None
     _host_task: asyncio.Task[None] | None
+    _cleaning_up: bool
     _tg: anyio.abc.TaskGroup | None
     _stop_event: asyncio.Event | None
     _join_waiters: list[asyncio.Future[None]]
@@ -262,6 +264,7 @@ class Lifecycle:
             self._tg = None
             self.hooks.unbind(f"pool {self._state}")
             if opened:
+                self._cleaning_up = True
                 with anyio.CancelScope(shield=True):
                     try:
                         await self.sup.backend.pool_closed(self.sup.spec)
@@ -319,9 +322,9 @@ class Lifecycle:
     async def _stop_and_wait(self, grace: float | None) -> None:
         if self._stop_event is not None:
             self._stop_event.set()
-        if not await self._wait_host(STOP_WAIT if grace is None else max(grace, 0.5)):
+        if not await self._wait_host(STOP_WAIT if grace is None else max(grace, 0.5)) and not self._cleaning_up:
             self.sup.kill_all()  # workers ignored the stop request
-            if not await self._wait_host(KILL_WAIT):
+            if not await self._wait_host(KILL_WAIT) and not self._cleaning_up:
                 # Workers that never report their end, hooks that swallow cancellation.
                 self.sup.abandon_all()
                 self._cancel_everything("pool closed: workers did not stop")
@@ -329,6 +332,10 @@ class Lifecycle:
                     self._tg.cancel_scope.cancel()
                 if not await self._wait_host(KILL_WAIT):
                     self.log.error("pool host did not end; leaving it behind", host=repr(self._host_task))
+        # Every worker ended: what is left is the kind's pool_closed (a private Ray takes
+        # seconds to stop). Killing would not hasten it, so it gets a bound of its own.
+        if self._cleaning_up and not await self._wait_host(STOP_WAIT):
+            self.log.error("worker kind did not finish cleaning up; leaving it behind", host=repr(self._host_task))
         await self.sup.join_abandoned(0.0 if grace is None else grace)
         self._finish_close()
 

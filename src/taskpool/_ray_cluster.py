@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -72,10 +73,33 @@ def _connect(cfg: RayWorkers) -> None:
             ray.init(**LOCAL_INIT, num_cpus=_local_cpus())
             _owned, _joined = True, None
         else:
+            _probe(target)
             ray.init(address=target, log_to_driver=False, configure_logging=False)
             _owned, _joined = False, target
         _mine = True
         _users += 1
+
+
+#: Seconds to reach a cluster's address before joining it (Ray itself retries for minutes).
+PROBE_TIMEOUT = 5.0
+
+
+def _probe(address: str) -> None:
+    """Fail at once when nothing answers at a ``host:port`` (or ``ray://host:port``)
+    address; other forms ("auto") are Ray's to resolve.
+
+    Raises:
+        ConnectionError: nothing accepts a connection there within :data:`PROBE_TIMEOUT`.
+    """
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
 
 
 def _local_cpus() -> int:

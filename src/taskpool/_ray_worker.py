@@ -99,6 +99,7 @@ class RayWorker(Worker):
         self._stopping = False
         self._killed = False
         self._retired = False
+        self._gone = False  # run() ended: its actor was killed (or never made)
         self._node: str | None = None
         self._rss: int | None = None
         self._logfile: IO[str] | None = None
@@ -192,6 +193,7 @@ class RayWorker(Worker):
         finally:
             self._end_timers()
             self._kill_actor()
+            self._gone = True  # a kill() from now on finds nothing to kill
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(BaseException):
@@ -228,7 +230,9 @@ class RayWorker(Worker):
             self._flush_handle = None
 
     def _kill_actor(self) -> None:
-        if self._actor is not None:
+        # Never once run() ended, nor with Ray shut down (by the pool closing): any Ray
+        # call then would start a new Ray of its own (Ray's auto-init), on the loop.
+        if self._actor is not None and not self._gone and ray.is_initialized():
             with contextlib.suppress(Exception):
                 ray.kill(self._actor, no_restart=True)
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import gc
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -220,6 +221,53 @@ def test_a_private_ray_never_joins_a_stray_cluster_and_stops_with_its_pool(ray_a
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line[:3] in ("GCS", "AFT"))
     assert lines["GCS"] != ray_address
     assert lines["AFTER"] == "False 0"  # disconnected, and no Ray process left behind
+
+
+CLOSE_SHORT = """
+import asyncio, psutil, ray
+from taskpool import FunctionPool
+async def main():
+    pool = FunctionPool(2, worker="ray")
+    await pool.start()
+    await pool.add_task(abs, -1)
+    await pool.aclose(grace=0.5)  # shorter than stopping the private Ray takes
+    print("AFTER", ray.is_initialized(), len(psutil.Process().children(recursive=True)))
+asyncio.run(main())
+"""
+
+
+def test_closing_with_a_short_grace_leaves_no_ray_and_starts_none(ray_address: str) -> None:
+    # The grace ran out while the pool stopped its private Ray: the workers, all ended,
+    # were killed anyway, and a kill through Ray after it stopped started a new Ray
+    # (Ray's auto-init: here it would have joined the stray RAY_ADDRESS).
+    out = _script(CLOSE_SHORT, {"RAY_ADDRESS": ray_address, "TASKPOOL_RAY_ADDRESS": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "AFTER False 0" in out.stdout.splitlines(), out.stdout
+
+
+UNREACHABLE = """
+import asyncio, ray
+from taskpool import FunctionPool
+async def main():
+    try:
+        async with FunctionPool(1, worker="ray"):
+            print("JOINED")
+    except ConnectionError as exc:
+        print("REFUSED", exc)
+    print("AFTER", ray.is_initialized())
+asyncio.run(main())
+"""
+
+
+def test_a_cluster_that_cannot_be_reached_fails_the_start() -> None:
+    # Ray's own ray.init retries such an address for minutes; the pool fails at once.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # (closed again: nothing listens there)
+    out = _script(UNREACHABLE, {"TASKPOOL_RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"REFUSED cannot reach the Ray cluster at '127.0.0.1:{port}'" in out.stdout, out.stdout
+    assert "AFTER False" in out.stdout.splitlines()
 
 
 def test_joining_through_the_environment_never_stops_the_cluster(ray_address: str) -> None:
