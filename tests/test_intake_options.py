@@ -281,6 +281,24 @@ async def test_map_return_exceptions_a_result_that_cannot_be_sent_fails_only_its
     assert "lock" in str(out[5])
 
 
+@pytest.mark.parametrize("ordered", [True, False])
+async def test_map_return_exceptions_an_argument_that_cannot_be_sent_fails_only_its_item(ordered: bool) -> None:
+    # The chunk cannot be sent: nothing of it ran, so its items go one by one.
+    items: list[Any] = list(range(30))
+    items[5] = threading.Lock()
+    async with FunctionPool(1, worker="process") as pool:
+        out = [v async for v in pool.map(f.identity, items, chunksize=10, ordered=ordered, return_exceptions=True)]
+        assert pool.status("succeeded") == 2 + 9  # two whole chunks, nine items on their own
+    failures = [v for v in out if isinstance(v, BaseException)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], SerializationError)
+    assert "lock" in str(failures[0])
+    values = [v for v in out if not isinstance(v, BaseException)]
+    assert (values if ordered else sorted(values)) == [i for i in range(30) if i != 5]
+    if ordered:
+        assert out[5] is failures[0]
+
+
 async def test_map_without_return_exceptions_still_fails_fast() -> None:
     async with FunctionPool(2, worker="thread") as pool:
         # The first failure to happen ends it: any of 3, 6, 9 (two workers race).

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
 from ._chunks import ItemFailed, run_chunk, run_chunk_async, run_chunk_settled, run_chunk_settled_async
+from ._errors import SerializationError
 from ._options import check_callable, check_count
 from ._progress import Progress
 from ._wire import is_async_callable
@@ -60,11 +62,13 @@ async def map_tasks(
     closed when the map ends if ``close_progress``.
 
     ``return_exceptions``: a failure is yielded as its exception, in its place, and the
-    map goes on (a chunk runs every item, each failure in its own place; a chunk lost
-    as a whole, to a crashed worker say, gives its exception for each of its items).
+    map goes on (a chunk runs every item, each failure in its own place; one that could
+    not be sent goes again an item per task, each counted as it settles; a chunk lost as
+    a whole, to a crashed worker say, gives its exception for each of its items).
     """
-    inflight: collections.deque[tuple[Task[Any], int]] = collections.deque()  # (task, items; 0: unchunked)
-    ready: collections.deque[tuple[Task[Any], int]] = collections.deque()  # settled, not yet yielded
+    # (task, items (0: unchunked), the chunk's items when failures are values, else None)
+    inflight: collections.deque[tuple[Task[Any], int, tuple[Any, ...] | None]] = collections.deque()
+    ready: collections.deque[tuple[Task[Any], int, tuple[Any, ...] | None]] = collections.deque()  # settled
     failed: list[Task[Any]] = []  # the first task that failed (either mode fails fast)
     waiter: list[asyncio.Future[None] | None] = [None]
     is_async = is_async_callable(fn)
@@ -72,10 +76,10 @@ async def map_tasks(
     size = 1 if chunksize is None else chunksize
     chunk_fn: Callable[..., Any] | None = None  # made on first use: one object per map
 
-    def on_done(t: Task[Any], n: int) -> None:
+    def on_done(t: Task[Any], n: int, chunk: tuple[Any, ...] | None) -> None:
         nonlocal size
         exc = t.exception()
-        if progress is not None and not t.cancelled():
+        if progress is not None and not t.cancelled() and not (chunk is not None and unsent(t)):
             if exc is None and n and return_exceptions:
                 bad = sum(type(v) is ItemFailed for v in t.result())
                 progress.advance(n - bad)
@@ -93,7 +97,7 @@ async def map_tasks(
             else:
                 size = 1
         if not ordered:
-            ready.append((t, n))
+            ready.append((t, n, chunk))
         w = waiter[0]
         if w is not None and not w.done():
             w.set_result(None)
@@ -132,6 +136,7 @@ async def map_tasks(
                     exhausted = True
                 if not items:
                     break
+                chunk: tuple[Any, ...] | None = None
                 if k == 1:
                     task = await submit(fn, items[0])
                     n = 0
@@ -142,10 +147,13 @@ async def map_tasks(
                         else:
                             runner = run_chunk_async if is_async else run_chunk
                         chunk_fn = functools.partial(runner, fn)
-                    task = await submit(chunk_fn, tuple(items))
+                    whole = tuple(items)
+                    task = await submit(chunk_fn, whole)
                     n = len(items)
-                inflight.append((task, n))
-                task.add_done_callback(functools.partial(on_done, n=n))
+                    if return_exceptions:
+                        chunk = whole  # (kept until yielded: see unsent below)
+                inflight.append((task, n, chunk))
+                task.add_done_callback(functools.partial(on_done, n=n, chunk=chunk))
             if failed:
                 # Any failure ends the map at once, even behind unfinished earlier items.
                 for entry in inflight:
@@ -156,28 +164,53 @@ async def map_tasks(
             if not inflight:
                 return
             if ordered:
-                head, n = inflight[0]
+                head, n, chunk = inflight[0]
                 while not head.done() and not failed:
                     await wait_for_news()
                 if failed:
                     continue
                 inflight.popleft()
-                for value in _values(head, n) if return_exceptions else head.result() if n else (head.result(),):
-                    yield value
             else:
                 while not ready:
                     await wait_for_news()
                 entry = ready.popleft()
-                if entry in inflight:
-                    inflight.remove(entry)
-                    done, n = entry
-                    for value in _values(done, n) if return_exceptions else done.result() if n else (done.result(),):
-                        yield value
+                if entry not in inflight:
+                    continue
+                inflight.remove(entry)
+                head, n, chunk = entry
+            if not return_exceptions:
+                for value in head.result() if n else (head.result(),):
+                    yield value
+            elif chunk is not None and unsent(head):
+                # Nothing of it ran: its items go one by one, each failing in its own place.
+                split: list[Task[Any]] = []
+                try:
+                    for item in chunk:
+                        split.append(await submit(fn, item))  # noqa: PERF401 (each, as added: see finally)
+                    for task in split:
+                        with contextlib.suppress(Exception):  # (its failure is yielded)
+                            await task
+                        if progress is not None:  # (counted here, not as its chunk)
+                            progress.advance(1, failed=task.exception() is not None)
+                        yield _values(task, 0)[0]
+                finally:
+                    for task in split:
+                        task.cancel()  # (the map was closed or cancelled meanwhile)
+            else:
+                for value in _values(head, n):
+                    yield value
     finally:
-        for t, _ in inflight:
+        for t, _, _ in inflight:
             t.cancel()
         if close_progress and progress is not None:
             progress.close()
+
+
+def unsent(task: Task[Any]) -> bool:
+    """Whether ``task`` failed because the pool could not send it (an argument that does
+    not pickle, a message over ``max_message_size``): it never ran."""
+    exc = task.exception()
+    return task.started_at is None and isinstance(exc, SerializationError) and not str(exc).startswith("cannot receive")
 
 
 def _values(task: Task[Any], n: int) -> list[Any]:

@@ -448,8 +448,9 @@ class FunctionPool(PoolAttachments):
         chunk as one task; ``window`` counts tasks.
 
         ``return_exceptions=True``: a failure is yielded as its exception object, in its
-        place, instead of ending the map (a chunk runs every one of its items; a chunk
-        lost as a whole, to a crashed worker say, yields its exception for each item).
+        place, instead of ending the map (a chunk runs every one of its items; one that
+        could not be sent goes again an item per task; a chunk lost as a whole, to a
+        crashed worker say, yields its exception for each item).
 
         ``progress=True`` draws a :class:`Progress` line on stderr when it is a terminal
         (nothing otherwise), labelled with ``fn``'s name and closed when the map ends. It
