@@ -10,6 +10,10 @@ Each part runs ``--repeat`` times (3 by default), taskpool and the peer alternat
   so a slow spell of the machine (a neighbour, a frequency change) falls on all of them alike
   instead of on whichever ran then. Target: taskpool's process executor <= cf's own (ratio
   taskpool / cf <= 1).
+- ``burst``: ``--burst`` (20,000) ``submit(noop, i)`` calls at once, then every result;
+  calls per second (the best of three bursts on a warm executor), each executor against
+  its ``concurrent.futures`` namesake. No target: it shows where the extra thread of the
+  pool's loop costs (thread executors) and where batching wins (process executors).
 - ``map``: ``list(executor.map(noop, range(N)))`` for ``--items`` tiny items (100,000);
   items per second. taskpool's map with its defaults (``chunksize=1``: items still travel
   in chunks inside), against cf's ``map(chunksize=1)`` and ``map(chunksize=1000)``.
@@ -41,7 +45,7 @@ if __package__ in {None, ""}:  # run as a script: python benchmarks/bench_execut
 
 from benchmarks._workloads import noop
 
-PARTS = ("roundtrip", "map")
+PARTS = ("roundtrip", "map", "burst")
 ROUNDTRIP_TARGET = 1.0  # taskpool / cf, at most
 MAP_VS_CHUNK1_TARGET = 3.0  # taskpool / cf map(chunksize=1), at least
 MAP_VS_CHUNK1000_TARGET = 1.0  # taskpool / cf map(chunksize=1000), at least
@@ -111,6 +115,19 @@ def map_rate(factory: Factory, workers: int, items: int, chunksize: int) -> floa
     return items / elapsed
 
 
+def burst_rate(factory: Factory, workers: int, calls: int) -> float:
+    """Calls per second of ``calls`` submits at once, then their results (best of three)."""
+    with factory(workers) as ex:
+        _warm(ex, workers)
+        best = 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            for f in [ex.submit(noop, i) for i in range(calls)]:
+                f.result()
+            best = max(best, calls / (time.perf_counter() - t))
+    return best
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--block", type=int, default=100, help="round trip: calls per turn")
     parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--burst", type=int, default=20_000, help="burst: calls submitted at once")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (CI smoke)")
     parser.add_argument("--json", help="also write the raw numbers here")
     ns = parser.parse_args(argv)
@@ -187,6 +205,34 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"taskpool / cf map(chunksize=1): {_spread(vs1)}x (target >= {MAP_VS_CHUNK1_TARGET}); "
             f"/ cf map(chunksize=1000): {_spread(vs1000)}x (target >= {MAP_VS_CHUNK1000_TARGET}).",
+            "",
+        ]
+
+    if "burst" in parts:
+        burst_calls = 2_000 if ns.quick else ns.burst
+        pairs = {
+            "process": (_taskpool_process, _cf_process),
+            "thread": (_taskpool_thread, _cf_thread),
+        }
+        br: dict[str, list[float]] = {f"{who} {kind}": [] for kind in pairs for who in ("taskpool", "cf")}
+        for _ in range(repeat):
+            for kind, (ours, theirs) in pairs.items():
+                br[f"taskpool {kind}"].append(burst_rate(ours, ns.workers, burst_calls))
+                br[f"cf {kind}"].append(burst_rate(theirs, ns.workers, burst_calls))
+            print("burst " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in br.items()), file=sys.stderr)
+        ratios_b = {
+            kind: [a / b for a, b in zip(br[f"taskpool {kind}"], br[f"cf {kind}"], strict=True)] for kind in pairs
+        }
+        results["burst"] = {"calls_per_second": br, "ratio": ratios_b}
+        lines += [
+            f"## {burst_calls:,} submit(noop) at once, then every result (best of three bursts)",
+            "",
+            "| executor | calls/s, each run |",
+            "| --- | --- |",
+            *(f"| {name} | {', '.join(f'{v:,.0f}' for v in vals)} |" for name, vals in br.items()),
+            "",
+            f"taskpool / cf: process {_spread(ratios_b['process'])}x, "
+            f"thread {_spread(ratios_b['thread'])}x (no target).",
             "",
         ]
 
