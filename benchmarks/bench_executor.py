@@ -14,7 +14,8 @@ Each part runs ``--repeat`` times (3 by default), taskpool and the peer alternat
   calls per second (the best of three bursts on a warm executor), each executor against
   its ``concurrent.futures`` namesake. No target: it shows where the extra thread of the
   pool's loop costs (thread executors) and where batching wins (process executors).
-- ``map``: ``list(executor.map(noop, range(N)))`` for ``--items`` tiny items (100,000);
+- ``map``: ``list(executor.map(noop, range(N)))`` for ``--items`` tiny items (100,000)
+  (also on threads, against cf's ``ThreadPoolExecutor.map``, no target);
   items per second. taskpool's map with its defaults (``chunksize=1``: items still travel
   in chunks inside), against cf's ``map(chunksize=1)`` and ``map(chunksize=1000)``.
   Targets: >= 3x the first, >= 1x the second.
@@ -188,23 +189,33 @@ def main(argv: list[str] | None = None) -> int:
 
     if "map" in parts:
         mp: dict[str, list[float]] = {"taskpool map": [], "cf map(chunksize=1)": [], "cf map(chunksize=1000)": []}
+        mp |= {"taskpool thread map": [], "cf thread map": []}
         for _ in range(repeat):
             mp["taskpool map"].append(map_rate(_taskpool_process, ns.workers, items, 1))
             mp["cf map(chunksize=1)"].append(map_rate(_cf_process, ns.workers, items, 1))
             mp["cf map(chunksize=1000)"].append(map_rate(_cf_process, ns.workers, items, 1000))
+            mp["taskpool thread map"].append(map_rate(_taskpool_thread, ns.workers, items, 1))
+            mp["cf thread map"].append(map_rate(_cf_thread, ns.workers, items, 1))
             print("map " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in mp.items()), file=sys.stderr)
         vs1 = [a / b for a, b in zip(mp["taskpool map"], mp["cf map(chunksize=1)"], strict=True)]
         vs1000 = [a / b for a, b in zip(mp["taskpool map"], mp["cf map(chunksize=1000)"], strict=True)]
-        results["map"] = {"items_per_second": mp, "vs_chunksize_1": vs1, "vs_chunksize_1000": vs1000}
+        vs_thread = [a / b for a, b in zip(mp["taskpool thread map"], mp["cf thread map"], strict=True)]
+        results["map"] = {
+            "items_per_second": mp,
+            "vs_chunksize_1": vs1,
+            "vs_chunksize_1000": vs1000,
+            "thread_vs_cf": vs_thread,
+        }
         lines += [
-            f"## map(noop, range({items:,})) on process workers",
+            f"## map(noop, range({items:,})) on process workers (and on threads)",
             "",
             "| executor | items/s, each run |",
             "| --- | --- |",
             *(f"| {name} | {', '.join(f'{v:,.0f}' for v in vals)} |" for name, vals in mp.items()),
             "",
             f"taskpool / cf map(chunksize=1): {_spread(vs1)}x (target >= {MAP_VS_CHUNK1_TARGET}); "
-            f"/ cf map(chunksize=1000): {_spread(vs1000)}x (target >= {MAP_VS_CHUNK1000_TARGET}).",
+            f"/ cf map(chunksize=1000): {_spread(vs1000)}x (target >= {MAP_VS_CHUNK1000_TARGET}); "
+            f"threads: taskpool / cf {_spread(vs_thread)}x (no target).",
             "",
         ]
 

@@ -313,3 +313,27 @@ async def test_publish_is_tagged_with_each_task_in_either_mode() -> None:
             got = await collect(sub, 3)
         by_data = {e.data: e.task_id for e in got}
         assert by_data == {1: tasks[0].id, 2: tasks[1].id, 3: tasks[2].id}
+
+
+_started: list[str] = []
+
+
+def _record(tag: str) -> str:
+    _started.append(tag)
+    return tag
+
+
+async def test_a_retired_thread_hands_its_window_back_in_the_order_tasks_were_added() -> None:
+    # Cancelling a plain call retires its thread; the calls waiting in its window go back
+    # to the queue one by one, and must still start in the order they were added.
+    _started.clear()
+    async with FunctionPool(1, worker="thread") as pool, Gate() as gate:
+        await pool.add_task(_record, "warm")  # a quick call: the worker's window opens
+        held = pool.add_task(f.block_gate, gate.path, "held")
+        rest = [pool.add_task(_record, tag) for tag in "abcd"]
+        await gate.arrived("held")
+        assert pool.status("queued") == 0  # all four wait in the worker's window
+        held.cancel()
+        assert await asyncio.gather(*rest) == list("abcd")
+        gate.release("held")  # the abandoned thread's call returns; nobody waits for it
+    assert _started == ["warm", "a", "b", "c", "d"]

@@ -371,10 +371,19 @@ class Scheduler:
         return level
 
     def _push_front(self, task: Task[Any]) -> None:
-        if task.priority:
-            self._level(task.priority).appendleft(task)
+        """Put ``task`` back ahead of the tasks added after it, behind those added before
+        it that were put back too: tasks handed back one by one, in any order (a thread
+        worker's window, a process worker's answers), keep the order they were added in."""
+        queue = self._level(task.priority) if task.priority else self.queue
+        i = 0
+        n = len(queue)
+        tid = task.id
+        while i < n and queue[i].id < tid:  # (a short run: only tasks put back are older)
+            i += 1
+        if i:
+            queue.insert(i, task)
         else:
-            self.queue.appendleft(task)
+            queue.appendleft(task)
 
     def _pop(self) -> Task[Any] | None:
         """The next task by priority, or None when every queue is empty (a level emptied
