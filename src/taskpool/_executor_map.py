@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._chunks import ItemFailed
-from ._errors import QueueFull, SerializationError, TaskCancelled
+from ._errors import QueueFull, TaskCancelled
 from ._executor import LIVENESS_POLL, withdraw_all
 from ._executor_calls import DONE_ATTR, run_items, run_star_items
 from ._executor_errors import cancelled_error
 from ._loop import in_asyncio, out_of_asyncio
-from ._map import CHUNK_TARGET, TINY_CALL
+from ._map import CHUNK_TARGET, TINY_CALL, unsent
 from ._wire import is_async_callable
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class MapJob:
         start, count, chunk = self.inflight.pop(task)
         if not self.finished:
             exc = task.exception()
-            if exc is not None and chunk is not None and _unsent(task, exc):
+            if exc is not None and chunk is not None and unsent(task):
                 self._split(start, chunk)  # nothing of it ran: its items go one by one
             elif exc is None:
                 value = task.result()
@@ -156,10 +156,10 @@ class MapJob:
                     self._adapt(task, count or 1)
                 if count and values and type(values[-1]) is ItemFailed:
                     # A result the worker could not send: the list ends with why, there.
-                    unsent = self.bridge.style.translate(values.pop().exception())
-                    self.settled[start] = (values, unsent)
+                    unsendable = self.bridge.style.translate(values.pop().exception())
+                    self.settled[start] = (values, unsendable)
                     if self.stopped is None:
-                        self.stopped = unsent
+                        self.stopped = unsendable
                 else:
                     self.settled[start] = (values, None)
             else:
@@ -329,9 +329,3 @@ def iterate(job: MapJob, deadline: float | None) -> Iterator[Any]:
 def empty() -> Iterator[Any]:
     """The iterator of a ``map`` over nothing (a generator, so it can be closed)."""
     yield from ()
-
-
-def _unsent(task: Task[Any], exc: BaseException) -> bool:
-    """Whether ``task`` failed because the pool could not send it (an argument that does
-    not pickle, a message over ``max_message_size``): it never ran."""
-    return task.started_at is None and isinstance(exc, SerializationError) and not str(exc).startswith("cannot receive")

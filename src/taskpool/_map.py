@@ -20,7 +20,7 @@ from ._wire import is_async_callable
 if TYPE_CHECKING:
     from ._task import Task
 
-__all__ = ["CHUNK_TARGET", "MAX_CHUNK", "TINY_CALL", "map_tasks", "start_map"]
+__all__ = ["CHUNK_TARGET", "MAX_CHUNK", "TINY_CALL", "map_tasks", "start_map", "unsent"]
 
 #: A plain call shorter than this (seconds, in the worker) is tiny: a task's own cost
 #: dominates it, and "auto" starts sending such calls in chunks.
