@@ -124,6 +124,7 @@ class SlotActor:
         self._reported: set[int] = set()  # calls whose start went through poll
         self._runners: list[asyncio.Task[None]] = []
         self._calls: collections.deque[Any] = collections.deque()  # to the call thread
+        self._times: dict[asyncio.Future[Any], tuple[float, float]] = {}  # a call's own start, end
         self._call_wake = threading.Semaphore(0)
         self._call_thread: threading.Thread | None = None
         self._async_fns: dict[Any, bool] = {}
@@ -154,7 +155,11 @@ class SlotActor:
         if init is not None:
             try:
                 fn, args = pickle.loads(init)  # noqa: S301 - sent by our own pool
-                result = await self._in_call_thread(fn, args)
+                call = self._in_call_thread(fn, args)
+                try:
+                    result = await call
+                finally:
+                    self._times.pop(call, None)
                 if inspect.isawaitable(result):
                     await result
             except BaseException as exc:
@@ -381,10 +386,12 @@ class SlotActor:
                         detach_trace(trace)
                     current.reset(token)
             self._sync_waiting.add(cid)
+            call = self._in_call_thread(fn, args, ctx, job.trace)
             try:
-                value = await self._in_call_thread(fn, args, ctx, job.trace)
+                value = await call
             except BaseException as exc:
-                return _error(cid, ERR_RAISED, exc, time.time(), started)
+                began, ended = self._times.pop(call, (started, time.time()))
+                return _error(cid, ERR_RAISED, exc, ended, began)
             finally:
                 self._sync_waiting.discard(cid)
                 if block is not None:
@@ -392,9 +399,10 @@ class SlotActor:
             if value is _NOT_RUN:
                 self._stopped.discard(cid)
                 return (cid, A_RETURNED, None, time.time(), 0.0)
+            began, ended = self._times.pop(call, (started, time.time()))
             if value is not None and inspect.isawaitable(value):
-                return await self._await(cid, value, started, ctx, fn)
-            return _answer(cid, value, time.time(), started, fn)
+                return await self._await(cid, value, began, ctx, fn)
+            return _answer(cid, value, ended, began, fn)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -450,12 +458,16 @@ class SlotActor:
                 self._sync_cid = ctx.task_id
                 current.set(ctx)
             token = None if trace is None else attach_trace(trace)
+            began = time.time()
             try:
                 value, ok = fn(*args), True
             except BaseException as exc:
                 # Wrapped: a GeneratorExit thrown through the awaiting coroutines would
                 # close them instead of reaching their handlers.
                 value, ok = _Escaped(exc), False
+            # Taken here, not on the actor's loop: the hand-offs to and from this thread
+            # (a busy machine: milliseconds) are not the call's run time.
+            self._times[fut] = (began, time.time())
             if token is not None:
                 detach_trace(token)
             self._sync_cid = None

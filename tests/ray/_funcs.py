@@ -72,3 +72,18 @@ def init_value() -> str | None:
 def lock_on(bad: int, x: int) -> object:
     """``x``, but a ``threading.Lock`` (which does not pickle) for ``bad``."""
     return threading.Lock() if x == bad else x
+
+
+def timed_busy(seconds: float) -> float:
+    """Spin for ``seconds``; how long the call itself took, as it measured it."""
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        pass
+    return time.time() - t0
+
+
+async def hold_the_loop(after: float, seconds: float) -> None:
+    """After ``after`` s, block the actor's event loop for ``seconds`` (a coroutine that
+    calls blocking code)."""
+    await asyncio.sleep(after)
+    time.sleep(seconds)

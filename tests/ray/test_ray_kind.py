@@ -62,6 +62,21 @@ async def test_a_chunk_result_that_cannot_be_sent_fails_only_its_item() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_plain_calls_run_time_is_its_own_while_the_actors_loop_is_held() -> None:
+    # The call's start and end are taken in the thread that runs it: a coroutine blocking
+    # the actor's loop as the call ends must not stretch the call's recorded run time.
+    async with FunctionPool(1, worker="ray", concurrency=2) as pool:
+        held = pool.add_task(rf.hold_the_loop, 0.005, 0.3)
+        call = pool.add_task(rf.timed_busy, 0.05)
+        own = await call
+        await held
+        rec = call.record
+        assert rec.started_at is not None and rec.finished_at is not None
+        run = rec.finished_at - rec.started_at
+        assert abs(run - own) <= 0.002, f"recorded {run * 1000:.1f} ms for a call that ran {own * 1000:.1f} ms"
+
+
+@pytest.mark.asyncio
 async def test_a_dead_actor_is_worker_crashed_without_exitcode_and_replaced() -> None:
     async with FunctionPool(1, worker="ray", restart=RestartPolicy(mode="on-failure", delay=0)) as pool:
         with pytest.raises(WorkerCrashed) as info:
