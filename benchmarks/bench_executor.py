@@ -129,6 +129,16 @@ def burst_rate(factory: Factory, workers: int, calls: int) -> float:
     return best
 
 
+def _ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
+
+
+def _table(unit: str, rows: dict[str, list[float]], fmt: Callable[[float], str]) -> list[str]:
+    """A markdown table: one row per executor, its value in each run."""
+    head = [f"| executor | {unit}, each run |", "| --- | --- |"]
+    return head + [f"| {name} | {', '.join(fmt(v) for v in vals)} |" for name, vals in rows.items()]
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
@@ -166,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 for name, median in roundtrip(group, ns.workers, calls, ns.block).items():
                     rt[name].append(median)
                     print(f"roundtrip {name}: {median * 1e6:.1f} us", file=sys.stderr)
-        ratios = [a / b for a, b in zip(rt["taskpool process"], rt["cf process"], strict=True)]
-        ratios_spawn = [a / b for a, b in zip(rt["taskpool process"], rt["cf process (spawn)"], strict=True)]
-        thread_ratios = [a / b for a, b in zip(rt["taskpool thread"], rt["cf thread"], strict=True)]
+        ratios = _ratios(rt["taskpool process"], rt["cf process"])
+        ratios_spawn = _ratios(rt["taskpool process"], rt["cf process (spawn)"])
+        thread_ratios = _ratios(rt["taskpool thread"], rt["cf thread"])
         results["roundtrip"] = {
             "seconds": rt,
             "ratio": ratios,
@@ -178,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             f"## submit(noop).result(), one at a time ({calls} calls each, in turns of {ns.block}, median)",
             "",
-            "| executor | per call (µs), each run |",
-            "| --- | --- |",
-            *(f"| {name} | {', '.join(f'{v * 1e6:.1f}' for v in vals)} |" for name, vals in rt.items()),
+            *_table("per call (µs)", rt, lambda v: f"{v * 1e6:.1f}"),
             "",
             f"taskpool process / cf process: {_spread(ratios)} (target <= {ROUNDTRIP_TARGET}); "
             f"/ cf spawn: {_spread(ratios_spawn)}; taskpool thread / cf thread: {_spread(thread_ratios)}.",
@@ -197,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             mp["taskpool thread map"].append(map_rate(_taskpool_thread, ns.workers, items, 1))
             mp["cf thread map"].append(map_rate(_cf_thread, ns.workers, items, 1))
             print("map " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in mp.items()), file=sys.stderr)
-        vs1 = [a / b for a, b in zip(mp["taskpool map"], mp["cf map(chunksize=1)"], strict=True)]
-        vs1000 = [a / b for a, b in zip(mp["taskpool map"], mp["cf map(chunksize=1000)"], strict=True)]
-        vs_thread = [a / b for a, b in zip(mp["taskpool thread map"], mp["cf thread map"], strict=True)]
+        vs1 = _ratios(mp["taskpool map"], mp["cf map(chunksize=1)"])
+        vs1000 = _ratios(mp["taskpool map"], mp["cf map(chunksize=1000)"])
+        vs_thread = _ratios(mp["taskpool thread map"], mp["cf thread map"])
         results["map"] = {
             "items_per_second": mp,
             "vs_chunksize_1": vs1,
@@ -209,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [
             f"## map(noop, range({items:,})) on process workers (and on threads)",
             "",
-            "| executor | items/s, each run |",
-            "| --- | --- |",
-            *(f"| {name} | {', '.join(f'{v:,.0f}' for v in vals)} |" for name, vals in mp.items()),
+            *_table("items/s", mp, lambda v: f"{v:,.0f}"),
             "",
             f"taskpool / cf map(chunksize=1): {_spread(vs1)}x (target >= {MAP_VS_CHUNK1_TARGET}); "
             f"/ cf map(chunksize=1000): {_spread(vs1000)}x (target >= {MAP_VS_CHUNK1000_TARGET}); "
@@ -231,16 +237,12 @@ def main(argv: list[str] | None = None) -> int:
                 br[f"taskpool {kind}"].append(burst_rate(ours, ns.workers, burst_calls))
                 br[f"cf {kind}"].append(burst_rate(theirs, ns.workers, burst_calls))
             print("burst " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in br.items()), file=sys.stderr)
-        ratios_b = {
-            kind: [a / b for a, b in zip(br[f"taskpool {kind}"], br[f"cf {kind}"], strict=True)] for kind in pairs
-        }
+        ratios_b = {kind: _ratios(br[f"taskpool {kind}"], br[f"cf {kind}"]) for kind in pairs}
         results["burst"] = {"calls_per_second": br, "ratio": ratios_b}
         lines += [
             f"## {burst_calls:,} submit(noop) at once, then every result (best of three bursts)",
             "",
-            "| executor | calls/s, each run |",
-            "| --- | --- |",
-            *(f"| {name} | {', '.join(f'{v:,.0f}' for v in vals)} |" for name, vals in br.items()),
+            *_table("calls/s", br, lambda v: f"{v:,.0f}"),
             "",
             f"taskpool / cf: process {_spread(ratios_b['process'])}x, "
             f"thread {_spread(ratios_b['thread'])}x (no target).",

@@ -111,8 +111,7 @@ class MapJob:
             try:
                 chunk: tuple[Any, ...] | None = None
                 if size == 1:
-                    item = items[start]
-                    task = core.add(self.fn, item if self.star else (item,), None, None)
+                    task = self._add_item(items[start])
                     count, taken = 0, 1
                 else:
                     chunk = tuple(items[start : start + size])
@@ -156,10 +155,8 @@ class MapJob:
                     self._adapt(task, count or 1)
                 if count and values and type(values[-1]) is ItemFailed:
                     # A result the worker could not send: the list ends with why, there.
-                    unsendable = self.bridge.style.translate(values.pop().exception())
-                    self.settled[start] = (values, unsendable)
-                    if self.stopped is None:
-                        self.stopped = unsendable
+                    unsent_result = values.pop()
+                    self._failed_at(start, values, self.bridge.style.translate(unsent_result.exception()))
                 else:
                     self.settled[start] = (values, None)
             else:
@@ -174,9 +171,7 @@ class MapJob:
                     err: BaseException = cancelled_error()
                 else:
                     err = self.bridge.style.translate(exc)
-                self.settled[start] = (done, err)
-                if self.stopped is None:
-                    self.stopped = err  # nothing after a failure is wanted
+                self._failed_at(start, done, err)
             self._hand_over()
             token = in_asyncio()  # (a worker's report is a loop callback, not a task)
             try:
@@ -189,17 +184,25 @@ class MapJob:
         """Send a chunk that could not be sent (an item that does not pickle, a chunk over
         ``max_message_size``) again, an item per task: the items before a bad one run and
         it fails in its own place, as with ``concurrent.futures``' ``chunksize=1``."""
-        core = self.bridge.core
         for i, item in enumerate(chunk):
             try:
-                task = core.add(self.fn, item if self.star else (item,), None, None)
+                task = self._add_item(item)
             except BaseException as exc:
-                self.settled[start + i] = ([], self.bridge.style.translate(exc))
-                if self.stopped is None:
-                    self.stopped = self.settled[start + i][1]
+                self._failed_at(start + i, [], self.bridge.style.translate(exc))
                 return
             self.inflight[task] = (start + i, 0, None)
             task.add_done_callback(self._done)
+
+    def _add_item(self, item: Any) -> Task[Any]:
+        """One item as a task of its own (raises what ``core.add`` raises)."""
+        return self.bridge.core.add(self.fn, item if self.star else (item,), None, None)
+
+    def _failed_at(self, start: int, done: list[Any], err: BaseException) -> None:
+        """The entry at ``start``: the results ``done`` before it, then ``err``; nothing
+        after a failure is wanted, so nothing more is submitted."""
+        self.settled[start] = (done, err)
+        if self.stopped is None:
+            self.stopped = err
 
     def _adapt(self, task: Task[Any], count: int) -> None:
         began, ended = task.started_at, task.finished_at
